@@ -1,0 +1,89 @@
+"""The encoder interface: images and texts to L2-normalised float32 vectors."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from priorcase.encoders.preprocess import PreprocessConfig, preprocess_pixels
+
+
+class Encoder(ABC):
+    """An image tower (and a text tower) behind one spec string.
+
+    ``aligned`` says whether text and image vectors share one space (CLIP); the bundled
+    encoder's towers were trained apart, so its text needs a learned aligner first.
+    """
+
+    spec: str
+    dim: int
+    text_dim: int
+    aligned: bool
+    preprocess_cfg: PreprocessConfig
+    device: torch.device
+
+    @abstractmethod
+    def _image_features(self, batch: torch.Tensor) -> torch.Tensor:
+        """Unnormalised image features for a preprocessed batch already on ``self.device``."""
+
+    @abstractmethod
+    def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unnormalised text features."""
+
+    @abstractmethod
+    def weights_hash(self) -> str:
+        """A digest of the weights, so an index can refuse vectors from other weights."""
+
+    def preprocess(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 pixels -> the tensor this encoder takes (runs in DataLoader workers)."""
+        return preprocess_pixels(pixels, self.preprocess_cfg)
+
+    @torch.inference_mode()
+    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
+        """Embed a preprocessed batch (fp16 autocast on CUDA)."""
+        batch = batch.to(self.device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            feats = self._image_features(batch)
+        return _normalise(feats)
+
+    def embed_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed decoded images (uint8 arrays) in one batch."""
+        if not pixels:
+            return np.zeros((0, self.dim), np.float32)
+        return self.embed_batch(torch.stack([self.preprocess(p) for p in pixels]))
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts with the text tower (L2-normalised, dim ``text_dim``)."""
+        if not texts:
+            return np.zeros((0, self.text_dim), np.float32)
+        return _normalise(self._text_features(list(texts)))
+
+    def describe(self) -> dict:
+        """What the index manifest records about this encoder."""
+        return {
+            "spec": self.spec,
+            "weights_sha256": self.weights_hash(),
+            "dim": self.dim,
+            "text_dim": self.text_dim,
+            "aligned": self.aligned,
+            "preprocess": self.preprocess_cfg.to_dict(),
+        }
+
+
+def _normalise(feats: torch.Tensor) -> np.ndarray:
+    feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+    return feats.cpu().numpy().astype(np.float32)
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """Digest of a module's parameters and buffers, in key order (device and dtype independent)."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,48 @@
+"""Patient-grouped, label-stratified cross-validation folds."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+
+def grouped_folds(
+    y: np.ndarray,
+    groups: np.ndarray | None,
+    n_splits: int = 5,
+    random_state: int = 0,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train_idx, test_idx)`` pairs from ``StratifiedGroupKFold``; no group is ever split.
+
+    ``groups`` is the patient pseudonym (or e.g. lesion id); ``None`` treats every row as its
+    own group. ``n_splits`` is reduced, with a warning, when there are fewer groups than
+    folds, so that every test fold holds at least one group of each class where possible.
+    """
+    y = np.asarray(y)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    if len(groups) != len(y):
+        raise ValueError(f"{len(y)} labels but {len(groups)} groups")
+    n_groups = len(np.unique(groups))
+    # Groups carrying each label bound how many folds can each contain that label.
+    per_class = [len(np.unique(groups[y == c])) for c in np.unique(y)]
+    possible = min(n_groups, min(per_class, default=0))
+    if possible < 2:
+        raise ValueError(
+            f"cannot cross-validate: the rarest label occurs in {possible} group(s); need 2"
+        )
+    if n_splits > possible:
+        warnings.warn(
+            f"reducing cross-validation from {n_splits} to {possible} folds: the rarest label "
+            f"occurs in only {possible} groups",
+            stacklevel=2,
+        )
+        n_splits = possible
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    # Encode groups as integers: StratifiedGroupKFold sorts them, and mixed types would fail.
+    _, group_codes = np.unique(groups.astype(str), return_inverse=True)
+    return [
+        (np.asarray(tr, dtype=np.int64), np.asarray(te, dtype=np.int64))
+        for tr, te in cv.split(np.zeros(len(y)), y, group_codes)
+    ]

@@ -1,0 +1,131 @@
+"""Inner-product kNN over L2-normalised vectors: exact NumPy or FAISS, same answers up to ties.
+
+Vectors are L2-normalised float32, so inner product equals cosine similarity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+# Below this many vectors a BLAS matrix product beats building any index.
+FAISS_MIN_ROWS = 20_000
+# Above this many vectors an HNSW graph pays for its approximate answers.
+HNSW_MIN_ROWS = 200_000
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Return float32 rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+@dataclass
+class Neighbours:
+    """Row positions (-1 where fewer than k candidates) and cosine scores, shape (n_queries, k)."""
+
+    positions: np.ndarray
+    scores: np.ndarray
+
+
+class VectorIndex:
+    """kNN over a fixed matrix of reference vectors.
+
+    ``backend`` is ``"auto"`` (exact NumPy below ``FAISS_MIN_ROWS``, FAISS above),
+    ``"exact"`` or ``"faiss"``. FAISS uses ``IndexFlatIP`` (exact) unless the matrix has
+    at least ``HNSW_MIN_ROWS`` rows, where ``IndexHNSWFlat`` is used.
+    """
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        backend: str = "auto",
+        use_gpu: bool = False,
+        cache_path: Path | None = None,
+    ) -> None:
+        if backend not in {"auto", "exact", "faiss"}:
+            raise ValueError(f"unknown kNN backend {backend!r}; use auto, exact or faiss")
+        self.vectors = l2_normalise(vectors)
+        n = len(self.vectors)
+        self.backend = ("faiss" if n >= FAISS_MIN_ROWS else "exact") if backend == "auto" else backend
+        self._faiss: faiss.Index | None = None
+        if self.backend == "faiss":
+            self._faiss = _load_or_build(self.vectors, use_gpu, cache_path)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Neighbours:
+        """The k most similar rows to each query; ``allowed`` is an optional boolean row mask."""
+        q = l2_normalise(np.atleast_2d(queries))
+        k = max(1, int(k))
+        if self.backend == "exact" or self._faiss is None:
+            return _exact_search(self.vectors, q, k, allowed)
+        params = None
+        if allowed is not None:
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.flatnonzero(allowed)))
+        scores, positions = self._faiss.search(q, min(k, len(self)), params=params)
+        scores = np.minimum(scores, 1.0)  # float rounding can give 1.0000001 for identical vectors
+        return _pad(Neighbours(positions.astype(np.int64), scores.astype(np.float32)), k)
+
+
+def _load_or_build(vectors: np.ndarray, use_gpu: bool, cache_path: Path | None) -> faiss.Index:
+    """Reuse a FAISS index saved for exactly these vectors (same table version), else build it."""
+    if cache_path is not None and cache_path.exists():
+        index = faiss.read_index(str(cache_path))
+        if index.ntotal == len(vectors) and index.d == vectors.shape[1]:
+            return index
+    index = build_faiss_index(vectors, use_gpu=False)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(".tmp")
+        faiss.write_index(index, str(tmp))
+        tmp.replace(cache_path)
+    if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return index
+
+
+def build_faiss_index(vectors: np.ndarray, use_gpu: bool = False) -> faiss.Index:
+    """An inner-product FAISS index over ``vectors`` (moved to GPU when asked and available)."""
+    dim = vectors.shape[1]
+    if len(vectors) >= HNSW_MIN_ROWS:
+        index: faiss.Index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = 128
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(vectors)
+    return index
+
+
+def _exact_search(
+    vectors: np.ndarray, queries: np.ndarray, k: int, allowed: np.ndarray | None
+) -> Neighbours:
+    sims = np.minimum(queries @ vectors.T, 1.0)  # rounding can exceed 1 for identical vectors
+    if allowed is not None:
+        sims = np.where(allowed[None, :], sims, -np.inf)
+    kk = min(k, vectors.shape[0])
+    part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+    part_scores = np.take_along_axis(sims, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    positions = np.take_along_axis(part, order, axis=1)
+    scores = np.take_along_axis(part_scores, order, axis=1)
+    positions = np.where(np.isfinite(scores), positions, -1)
+    return _pad(Neighbours(positions.astype(np.int64), scores.astype(np.float32)), k)
+
+
+def _pad(nb: Neighbours, k: int) -> Neighbours:
+    """Pad to k columns with position -1 and score -inf so callers see a fixed shape."""
+    missing = k - nb.positions.shape[1]
+    positions, scores = nb.positions, nb.scores
+    if missing > 0:
+        positions = np.pad(positions, ((0, 0), (0, missing)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, missing)), constant_values=-np.inf)
+    scores = np.where(positions < 0, -np.inf, scores).astype(np.float32)
+    return Neighbours(positions, scores)

@@ -1,0 +1,133 @@
+"""Labels and findings CSVs: one row per image, one row per lesion."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from priorcase.errors import LabelsError
+from priorcase.records import Finding
+
+ID_COLUMNS = ("image_id", "id")
+FILE_COLUMN = "file"
+PATIENT_COLUMN = "patient_id"
+
+
+@dataclass
+class LabelRow:
+    """Labels of one image: its id, label fields, raw patient key and CSV line number."""
+
+    image_id: str | None
+    labels: dict[str, str | None]
+    patient_key: str | None
+    line: int
+
+
+@dataclass
+class LabelTable:
+    """A labels CSV joined to files by ``file`` (relative to the CSV) or by id = file stem."""
+
+    source: Path
+    columns: list[str]
+    by_path: dict[Path, LabelRow] = field(default_factory=dict)
+    by_id: dict[str, LabelRow] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def lookup(self, path: Path) -> LabelRow | None:
+        return self.by_path.get(path.resolve()) or self.by_id.get(path.stem)
+
+    def unmatched(self, paths: list[Path]) -> list[str]:
+        """One line per CSV row that names no file among ``paths``."""
+        resolved = {p.resolve() for p in paths}
+        stems = {p.stem for p in paths}
+        lines = []
+        for path, row in self.by_path.items():
+            if path not in resolved:
+                lines.append(f"{self.source} line {row.line}: file {path} is not among the images")
+        for image_id, row in self.by_id.items():
+            if row not in self.by_path.values() and image_id not in stems:
+                lines.append(f"{self.source} line {row.line}: no image file for id {image_id!r}")
+        return lines
+
+
+def _clean(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str | None]]]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = [
+                (reader.line_num, {k.strip(): _clean(v) for k, v in row.items() if k})
+                for row in reader
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise LabelsError(f"{path}: cannot read CSV: {err}") from err
+    if not header:
+        raise LabelsError(f"{path}: empty CSV (no header row)")
+    return header, rows
+
+
+def read_labels(path: str | Path) -> LabelTable:
+    """Parse a labels CSV; rows naming missing files or repeating an id become ``problems``."""
+    path = Path(path)
+    header, rows = _read_rows(path)
+    id_column = next((c for c in ID_COLUMNS if c in header), None)
+    if id_column is None and FILE_COLUMN not in header:
+        raise LabelsError(f"{path}: needs a 'file', 'image_id' or 'id' column; has {header}")
+    skip = {FILE_COLUMN, PATIENT_COLUMN, *ID_COLUMNS}
+    table = LabelTable(source=path, columns=[c for c in header if c not in skip])
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        image_id = row.get(id_column) if id_column else None
+        file_value = row.get(FILE_COLUMN)
+        key = image_id or file_value
+        if key is None:
+            table.problems.append(f"{path} line {line}: no id or file; row ignored")
+            continue
+        if key in seen:
+            table.problems.append(
+                f"{path} line {line}: duplicate id {key!r} (first on line {seen[key]}); row ignored"
+            )
+            continue
+        seen[key] = line
+        labels = {c: row.get(c) for c in table.columns}
+        label_row = LabelRow(image_id, labels, row.get(PATIENT_COLUMN), line)
+        if file_value:
+            file_path = (path.parent / file_value).resolve()
+            if not file_path.is_file():
+                table.problems.append(f"{path} line {line}: file {file_value} does not exist")
+                continue
+            table.by_path[file_path] = label_row
+        if image_id:
+            table.by_id[image_id] = label_row
+    return table
+
+
+def read_findings(path: str | Path) -> dict[str, list[Finding]]:
+    """Parse a findings CSV (image_id, x, y, radius, other columns as labels)."""
+    path = Path(path)
+    header, rows = _read_rows(path)
+    id_column = next((c for c in ID_COLUMNS if c in header), None)
+    if id_column is None:
+        raise LabelsError(f"{path}: findings CSV needs an 'image_id' or 'id' column")
+    geometry = {"x", "y", "radius"}
+    label_columns = [c for c in header if c not in geometry and c != id_column]
+    findings: dict[str, list[Finding]] = {}
+    for line, row in rows:
+        image_id = row.get(id_column)
+        if image_id is None:
+            raise LabelsError(f"{path} line {line}: empty {id_column}")
+        try:
+            x, y, radius = (int(float(row[c])) if row.get(c) else None for c in ("x", "y", "radius"))
+        except ValueError as err:
+            raise LabelsError(f"{path} line {line}: x, y and radius must be numbers") from err
+        labels = {c: row.get(c) for c in label_columns}
+        findings.setdefault(image_id, []).append(Finding(image_id, x, y, radius, labels))
+    return findings

@@ -1,0 +1,113 @@
+"""Typed records shared by ingest, index, retrieval, classifiers and UI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class LoadedImage:
+    """One decoded image, ready for preprocessing.
+
+    ``pixels`` is uint8, HxW (grayscale) or HxWx3 (RGB), after DICOM modality/VOI LUT and
+    MONOCHROME1 inversion. ``metadata`` never holds patient identifiers; ``patient`` is a
+    salted pseudonym (DICOM PatientID) or None.
+    """
+
+    path: Path
+    pixels: np.ndarray
+    metadata: dict[str, str] = field(default_factory=dict)
+    patient: str | None = None
+
+
+@dataclass
+class Finding:
+    """A lesion on a parent image (pixel coordinates, origin top-left)."""
+
+    image_id: str
+    x: int | None
+    y: int | None
+    radius: int | None
+    labels: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
+class CaseRecord:
+    """One row of the index: a whole image or a region of interest on it."""
+
+    id: str
+    kind: str  # "image" | "roi"
+    vector: np.ndarray
+    key: str  # dedup key: content hash, plus the ROI geometry for ROI rows
+    content_hash: str
+    path: str
+    labels: dict[str, str | None] = field(default_factory=dict)
+    metadata: dict[str, str | None] = field(default_factory=dict)
+    patient: str | None = None  # salted pseudonym, never the identifier itself
+    group: str | None = None  # value of the grouping column (patient pseudonym by default)
+    thumbnail: bytes = b""  # JPEG
+    parent_id: str | None = None
+    roi: tuple[int, int, int] | None = None  # x, y, radius on the parent, pixels
+
+
+@dataclass
+class SearchHit:
+    """A reference case returned by a search, best first."""
+
+    id: str
+    score: float
+    kind: str
+    labels: dict[str, str | None]
+    metadata: dict[str, str | None]
+    path: str
+    patient: str | None = None
+    group: str | None = None
+    parent_id: str | None = None
+    roi: tuple[int, int, int] | None = None
+    thumbnail: bytes = field(default=b"", repr=False)
+
+    def to_json(self) -> dict:
+        """The JSON shape of ``priorcase search --json`` (no thumbnail bytes)."""
+        out: dict = {
+            "id": self.id,
+            "score": float(self.score),
+            "kind": self.kind,
+            "labels": self.labels,
+            "metadata": self.metadata,
+            "path": self.path,
+        }
+        if self.parent_id is not None:
+            out["parent_id"] = self.parent_id
+        if self.roi is not None:
+            out["roi"] = {"x": self.roi[0], "y": self.roi[1], "radius": self.roi[2]}
+        return out
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: counts plus one line per failed file."""
+
+    stored_images: int = 0
+    stored_rois: int = 0
+    duplicates: int = 0
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    encoder: str = ""
+    seconds: float = 0.0
+
+    @property
+    def stored(self) -> int:
+        return self.stored_images + self.stored_rois
+
+    def summary(self) -> str:
+        lines = [
+            f"stored {self.stored_images} images and {self.stored_rois} ROIs, "
+            f"skipped {self.duplicates} duplicates, {len(self.failures)} failed "
+            f"(encoder {self.encoder}, {self.seconds:.1f} s)"
+        ]
+        lines += [f"  failed: {line}" for line in self.failures]
+        lines += [f"  note: {line}" for line in self.notes]
+        return "\n".join(lines)
