@@ -16,6 +16,7 @@ from priorcase.index.store import CaseStore
 from priorcase.ingest.pipeline import ROI_TYPE, IngestOptions, ingest
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import read_image
+from priorcase.library import Classification, LibraryClassifiers
 from priorcase.records import IngestReport, LoadedImage, SearchHit
 from priorcase.retrieval.search import Searcher
 
@@ -45,6 +46,7 @@ class PriorCase:
         self._notify = notify
         self._encoder: Encoder | None = encoder if isinstance(encoder, Encoder) else None
         self._space: tuple[int, JointSpace] | None = None
+        self._classifiers: LibraryClassifiers | None = None
         manifest = self.store.manifest
         if manifest is not None and isinstance(encoder, str) and encoder != manifest.encoder_spec:
             raise EncoderMismatchError(
@@ -115,6 +117,30 @@ class PriorCase:
             exclude_group = loaded.patient if exclude_same_patient else None
         return self.searcher.search(vector, k, kind, where, exclude_group, exclude_ids)
 
+    # ------------------------------------------------------------------ classification
+    @property
+    def classifiers(self) -> LibraryClassifiers:
+        """Classifiers fitted on this library (cached per table version)."""
+        if self._classifiers is None:
+            self._classifiers = LibraryClassifiers(self)
+        return self._classifiers
+
+    def classify(
+        self,
+        image: str | Path | LoadedImage | np.ndarray,
+        label: str,
+        methods: tuple[str, ...] = ("knn", "logreg", "zeroshot"),
+        kind: str = "image",
+        k: int = 10,
+    ) -> Classification:
+        """Class probabilities per method for one image (file, decoded image or vector)."""
+        if isinstance(image, np.ndarray) and image.ndim == 1:
+            vector = image
+        else:
+            loaded = image if isinstance(image, LoadedImage) else self.read(image)  # type: ignore[arg-type]
+            vector = self.embed(loaded)
+        return self.classifiers.classify(vector, label, tuple(methods), kind, k)
+
     # ------------------------------------------------------------------ text space
     def joint_space(self) -> JointSpace:
         """Where texts meet images: CLIP's own space, or a learned aligner for unaligned towers.
@@ -152,20 +178,32 @@ class PriorCase:
         return ContrastiveAligner(encoder.embed_texts).fit(vectors, reports)
 
     def reports(self, kind: str | None = None) -> tuple[np.ndarray, list[str]]:
-        """Stored vectors with a report sentence written from each row's labels."""
+        """Stored vectors with a report sentence written from each row's labels (unlabelled
+        rows left out)."""
+        vectors, reports, _ = self.reports_by_id(kind)
+        return vectors, reports
+
+    def reports_by_id(self, kind: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+        """Vectors, report sentences and ids of every labelled row."""
         snapshot = self.store.snapshot(kind)
         manifest = self.store.manifest
         assert manifest is not None
         skip = {manifest.group_column, ROI_TYPE}
-        columns = {c: self.store.column_values(c, kind) for c in manifest.label_columns if c not in skip}
+        columns = {
+            c: self.store.column_values(c, kind) for c in manifest.label_columns if c not in skip
+        }
         reports = [
             report_from_labels({c: values.get(i) for c, values in columns.items()})
             for i in snapshot.ids
         ]
         keep = [n for n, r in enumerate(reports) if r]
-        return snapshot.vectors[keep], [reports[n] for n in keep]
+        return (
+            snapshot.vectors[keep],
+            [reports[n] for n in keep],
+            [str(snapshot.ids[n]) for n in keep],
+        )
 
 
-def open(db: str | Path, encoder: str | Encoder | None = None, **kwargs) -> PriorCase:  # noqa: A001
+def open(db: str | Path, encoder: str | Encoder | None = None, **kwargs) -> PriorCase:
     """Open (or create) the case library at ``db``."""
     return PriorCase(db, encoder=encoder, **kwargs)

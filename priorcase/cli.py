@@ -122,8 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", help="encoder spec, e.g. bundled or openclip:ViT-B-32/openai")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, help="DataLoader workers (default min(4, CPUs))")
-    p.add_argument("--normal-rois", type=int, default=0,
-                   help="normal-tissue ROIs sampled per image with no findings")
+    p.add_argument(
+        "--normal-rois",
+        type=int,
+        default=0,
+        help="normal-tissue ROIs sampled per image with no findings",
+    )
     p.add_argument("--normal-roi-radius", type=int, default=48)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ingest)

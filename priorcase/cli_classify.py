@@ -1,10 +1,131 @@
-"""``priorcase classify`` and ``priorcase eval`` (wired to priorcase.classifiers / evaluation)."""
+"""``priorcase classify`` and ``priorcase eval``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
+from pathlib import Path
+
+
+def _positive(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from priorcase.cli import _open
+    from priorcase.evaluation.experiment import resolve_methods
+
+    pc = _open(args)
+    methods = resolve_methods(args.method)
+    result = pc.classify(args.image, args.label, tuple(methods), kind=args.kind, k=args.k)
+    if args.json:
+        print(json.dumps({"encoder": pc.encoder.spec, **result.to_json()}))
+        return 0
+    print(f"{args.image}: {args.label}")
+    for prediction in result.predictions:
+        probs = ", ".join(
+            f"{c} {p:.2f}" for c, p in sorted(prediction.probabilities.items(), key=lambda x: -x[1])
+        )
+        print(f"  {prediction.method:<10} {probs}  ({prediction.explanation})")
+    if result.neighbours:
+        print(
+            "  voting neighbours: "
+            + ", ".join(
+                f"{h.id} ({h.labels.get(args.label)}, {h.score:.3f})" for h in result.neighbours
+            )
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from priorcase.cli import _open
+    from priorcase.evaluation.experiment import cross_validate, holdout, resolve_methods
+    from priorcase.evaluation.report import format_table, write_html_report
+
+    pc = _open(args)
+    methods = resolve_methods(args.method)
+    common = dict(
+        label=args.label,
+        methods=methods,
+        kind=args.kind,
+        where=args.where,
+        positive=_positive(args.positive),
+        knn_k=args.k,
+        n_boot=args.bootstrap,
+        progress=not args.json,
+    )
+    if args.queries:
+        if args.labels is None:
+            raise SystemExit("priorcase eval: --queries needs --labels CSV")
+        evaluation = holdout(pc, args.queries, args.labels, **common)
+    else:
+        evaluation = cross_validate(pc, n_splits=args.cv, by=args.by, **common)
+    if args.report:
+        tables = {f"operating points: {m}": rows for m, rows in evaluation.thresholds.items()}
+        tables |= {f"subgroups: {name}": rows for name, rows in evaluation.subgroups.items()}
+        write_html_report(
+            args.report,
+            f"priorcase eval: {args.label} ({evaluation.mode})",
+            evaluation.results,
+            tables,
+            {**evaluation.meta, "n": evaluation.n},
+        )
+    if args.json:
+        print(json.dumps(evaluation.to_json()))
+        return 0
+    meta = evaluation.meta
+    print(
+        f"{args.label} ({evaluation.mode}, {evaluation.kind}, n={evaluation.n}, "
+        f"classes {meta['class_counts']}, encoder {meta['encoder']})"
+    )
+    print(format_table(evaluation.results))
+    for method, rows in evaluation.thresholds.items():
+        print(f"\noperating points, {method} (positive = {rows[0]['positive']}):")
+        for r in rows:
+            print(
+                f"  {r['target']:<14} threshold {r['threshold']:.3f}  sens {r['sensitivity']:.2f}"
+                f"  spec {r['specificity']:.2f}  TP {r['TP']} FP {r['FP']} TN {r['TN']} FN {r['FN']}"
+            )
+    for name, rows in evaluation.subgroups.items():
+        print(f"\nsubgroups, {name}:")
+        for r in rows:
+            auc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}"
+            print(f"  {r['subgroup']:<12} n={r['n']:<4} accuracy {r['accuracy']:.3f}  AUC {auc}")
+    if args.report:
+        print(f"\nreport: {args.report}")
+    return 0
 
 
 def add_classify_commands(sub, with_db: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register classify/eval sub-commands (filled in by the classifiers work)."""
+    """Register the classify and eval sub-commands."""
+    p = sub.add_parser("classify", help="class probabilities for one new image, per method")
+    with_db(p)
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--label", required=True, help="label column, e.g. pathology")
+    p.add_argument(
+        "--method",
+        default="knn,logreg,zeroshot",
+        help="comma list of knn, logreg, svm, zeroshot, similarity, ensemble, or all",
+    )
+    p.add_argument("--kind", choices=["image", "roi"], default="image")
+    p.add_argument("-k", type=int, default=10, help="neighbours that vote")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("eval", help="patient-grouped cross-validation or library-vs-queries")
+    with_db(p)
+    p.add_argument("--label", required=True)
+    p.add_argument("--method", default="all")
+    p.add_argument("--kind", choices=["image", "roi"], default="image")
+    p.add_argument("--where", help="only rows matching this SQL predicate")
+    p.add_argument("--positive", help="comma list of values that form the positive class")
+    p.add_argument("--cv", type=int, default=5, help="folds (grouped by the index's group key)")
+    p.add_argument("--queries", type=Path, help="folder of query images (holdout mode)")
+    p.add_argument("--labels", type=Path, help="labels CSV of the query images")
+    p.add_argument("--by", action="append", default=[], help="subgroup column (repeatable)")
+    p.add_argument("-k", type=int, default=10, help="kNN neighbours")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for AUC CI")
+    p.add_argument("--report", type=Path, help="write an HTML report with ROC and confusion plots")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)

@@ -10,7 +10,10 @@ DEMO_ENCODER = "bundled"
 
 
 def run_demo(
-    db: str | Path, serve: bool = True, host: str = "127.0.0.1", port: int = 7860,
+    db: str | Path,
+    serve: bool = True,
+    host: str = "127.0.0.1",
+    port: int = 7860,
     device: str | None = None,
 ) -> int:
     import priorcase
@@ -21,9 +24,7 @@ def run_demo(
         folder = download_mias(Path(db).parent / "mias")
     print(f"MIAS data: {folder.root}")
     pc = priorcase.open(db, encoder=DEMO_ENCODER, device=device)
-    report = pc.ingest(
-        folder.images, labels=folder.labels, findings=folder.findings, normal_rois=1
-    )
+    report = pc.ingest(folder.images, labels=folder.labels, findings=folder.findings, normal_rois=1)
     print(report.summary())
     example = sorted(folder.images.glob("*"))[0]
     print(f"\nnearest cases to {example.name} (other patients only):")

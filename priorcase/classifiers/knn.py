@@ -16,7 +16,8 @@ class KNNVoteClassifier(ClassifierMixin, BaseEstimator):
     softmax(score / temperature) over the k neighbours. ``prior_correction`` divides class
     votes by the class's share of the reference set (imbalanced libraries). With
     ``exclude_same_group`` neighbours sharing the query's group (patient) are skipped when
-    ``groups`` is passed to ``predict_proba`` / ``kneighbors``. Probabilities are smoothed,
+    ``fit`` got groups and ``groups`` is passed to ``predict_proba`` / ``kneighbors`` (else
+    nothing is excluded). Probabilities are smoothed,
     p = (vote share + smoothing) / (1 + n_classes * smoothing), so none is exactly 0; a query
     with no usable neighbour gets the reference class prior.
     """

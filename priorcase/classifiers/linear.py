@@ -27,11 +27,22 @@ from priorcase.index.vector_index import l2_normalise
 Split = tuple[np.ndarray, np.ndarray]
 
 
-def cv_splits(y: np.ndarray, groups, n_splits: int, random_state: int) -> list[Split]:
+def class_counts(y: np.ndarray) -> np.ndarray:
+    """Members per class; for a label matrix, the rarer of positives / negatives per label."""
+    if y.ndim == 2:
+        pos = y.sum(axis=0)
+        return np.minimum(pos, len(y) - pos)
+    return np.unique(y, return_counts=True)[1]
+
+
+def cv_splits(
+    y: np.ndarray, groups, n_splits: int, random_state: int, min_train: int = 1
+) -> list[Split]:
     """Grouped (when groups given), stratified (when single-label) folds, shrunk to fit the data.
 
-    ``n_splits`` is cut to the smallest class size and the number of groups; fewer than two
-    usable folds returns ``[]`` (too little data to choose C by CV).
+    ``n_splits`` is cut to the smallest class size and the number of groups; folds whose
+    training part has fewer than ``min_train`` members of some class are dropped. Fewer than
+    two usable folds returns ``[]`` (too little data to choose C by CV).
     """
     multilabel = y.ndim == 2
     n_splits = min(n_splits, len(y))
@@ -52,7 +63,14 @@ def cv_splits(y: np.ndarray, groups, n_splits: int, random_state: int) -> list[S
     else:
         splitter = StratifiedKFold(n_splits, shuffle=True, random_state=random_state)
     splits = [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), y, groups)]
-    splits = [(tr, te) for tr, te in splits if len(tr) and len(te)]
+    n_classes = len(class_counts(y))
+    splits = [
+        (tr, te)
+        for tr, te in splits
+        if len(te)
+        and len(class_counts(y[tr])) == n_classes
+        and class_counts(y[tr]).min() >= min_train
+    ]
     return splits if len(splits) >= 2 else []
 
 
@@ -81,7 +99,8 @@ def choose_scoring(y: np.ndarray, splits: Sequence[Split], has_proba: bool) -> s
 class _GridHead(ClassifierMixin, BaseEstimator):
     """Shared fit/predict: subclasses give the base estimator and its C parameter's name."""
 
-    def _base(self, y: np.ndarray) -> tuple[Any, str]:
+    def _base(self, y: np.ndarray) -> tuple[Any, str, int]:
+        """(estimator, name of its C parameter, members per class each training fold needs)."""
         raise NotImplementedError
 
     def _has_proba(self) -> bool:
@@ -98,10 +117,10 @@ class _GridHead(ClassifierMixin, BaseEstimator):
             self.classes_ = np.unique(y)
             if len(self.classes_) < 2:
                 raise ValueError(f"need at least two classes to train, got {list(self.classes_)}")
-        estimator, param = self._base(y)
+        estimator, param, min_train = self._base(y)
         if self.multilabel_:
             estimator, param = OneVsRestClassifier(estimator), f"estimator__{param}"
-        splits = cv_splits(y, groups, self.cv, self.random_state)
+        splits = cv_splits(y, groups, self.cv, self.random_state, min_train)
         if not splits:  # too tiny for CV: use the grid's middle C
             C = sorted(self.Cs)[len(self.Cs) // 2]
             self.estimator_ = estimator.set_params(**{param: C}).fit(X, y)
@@ -155,23 +174,24 @@ class LogisticHead(_GridHead):
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def _base(self, y: np.ndarray) -> tuple[Any, str]:
+    def _base(self, y: np.ndarray) -> tuple[Any, str, int]:
         if self.multi_class not in {"multinomial", "ovr"}:
             raise ValueError(
                 f"multi_class must be 'multinomial' or 'ovr', got {self.multi_class!r}"
             )
         lr = LogisticRegression(class_weight=self.class_weight, max_iter=self.max_iter)
         if self.multi_class == "ovr" and y.ndim == 1:
-            return OneVsRestClassifier(lr), "estimator__C"
-        return lr, "C"
+            return OneVsRestClassifier(lr), "estimator__C", 1
+        return lr, "C", 1
 
 
 class SVMHead(_GridHead):
     """Support-vector head: ``"linear_svc"`` (LinearSVC), ``"svc_linear"`` or ``"svc_rbf"`` (SVC).
 
-    With ``calibrate`` probabilities come from ``CalibratedClassifierCV`` (sigmoid); without,
-    ``predict_proba`` is a softmax (sigmoid per label) of decision scores: a ranking, not a
-    calibrated probability, and C is then picked by balanced accuracy.
+    With ``calibrate`` probabilities come from ``CalibratedClassifierCV`` (sigmoid). Without it,
+    or when a class has fewer than 2 members (``calibrated_`` is then False), ``predict_proba``
+    is a softmax (sigmoid per label) of decision scores: a ranking, not a calibrated
+    probability, and C is then picked by balanced accuracy (ROC AUC for multi-label).
     """
 
     def __init__(
@@ -195,9 +215,9 @@ class SVMHead(_GridHead):
         self.random_state = random_state
 
     def _has_proba(self) -> bool:
-        return self.calibrate
+        return self.calibrated_
 
-    def _base(self, y: np.ndarray) -> tuple[Any, str]:
+    def _base(self, y: np.ndarray) -> tuple[Any, str, int]:
         cw = self.class_weight
         if self.kind == "linear_svc":
             svm: Any = LinearSVC(loss=self.loss, class_weight=cw, max_iter=10_000)
@@ -207,15 +227,16 @@ class SVMHead(_GridHead):
             svm = SVC(kernel="rbf", gamma=self.gamma, class_weight=cw)
         else:
             raise ValueError(f"kind must be linear_svc, svc_linear or svc_rbf, got {self.kind!r}")
-        if not self.calibrate:
-            return svm, "C"
-        # Inner calibration folds need every class in each; fewer than 2 members -> 2 folds anyway.
-        counts = y.sum(0) if y.ndim == 2 else np.unique(y, return_counts=True)[1]
+        # Calibration holds out folds of its own: it needs >= 2 members of every class.
+        counts = class_counts(y)
+        self.calibrated_ = bool(self.calibrate and counts.min() >= 2)
+        if not self.calibrated_:
+            return svm, "C", 1
         inner = int(max(2, min(3, counts.min() // 2)))
-        return CalibratedClassifierCV(svm, method="sigmoid", cv=inner), "estimator__C"
+        return CalibratedClassifierCV(svm, method="sigmoid", cv=inner), "estimator__C", inner
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        if self.calibrate:
+        if self.calibrated_:
             return super().predict_proba(X)
         check_is_fitted(self, "estimator_")
         scores = self.estimator_.decision_function(l2_normalise(np.atleast_2d(X)))

@@ -49,7 +49,10 @@ def candidate_roots() -> list[Path]:
     roots = []
     if os.environ.get(DATA_ENV):
         roots.append(Path(os.environ[DATA_ENV]).expanduser())
-    roots += [Path.cwd() / ".." / "shared" / "data" / "mias", Path.cwd() / "shared" / "data" / "mias"]
+    roots += [
+        Path.cwd() / ".." / "shared" / "data" / "mias",
+        Path.cwd() / "shared" / "data" / "mias",
+    ]
     package_root = Path(__file__).resolve().parents[2]
     roots.append(package_root.parent / "shared" / "data" / "mias")
     return roots
@@ -111,30 +114,47 @@ def convert_info_txt(info: Path, films: list[Path], target: Path) -> None:
             x = y = radius = ""
         row = per_image.setdefault(
             image_id,
-            {"image_id": image_id, "tissue": tissue, "abnormality": abnormality,
-             "pathology": "normal"},
+            {
+                "image_id": image_id,
+                "tissue": tissue,
+                "abnormality": abnormality,
+                "pathology": "normal",
+            },
         )
         if severity:
-            findings.append({"image_id": image_id, "abnormality": abnormality,
-                             "severity": severity, "x": x, "y": y, "radius": radius,
-                             "tissue": tissue})
+            findings.append(
+                {
+                    "image_id": image_id,
+                    "abnormality": abnormality,
+                    "severity": severity,
+                    "x": x,
+                    "y": y,
+                    "radius": radius,
+                    "tissue": tissue,
+                }
+            )
             if row["pathology"] != "malignant":
                 row["pathology"] = severity
     with open(target / "images.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, ["image_id", "file", "patient_id", "laterality", "tissue",
-                                     "abnormality", "pathology"])
+        writer = csv.DictWriter(
+            fh,
+            ["image_id", "file", "patient_id", "laterality", "tissue", "abnormality", "pathology"],
+        )
         writer.writeheader()
         for image_id, row in sorted(per_image.items()):
             number = int(image_id[3:])
-            writer.writerow({
-                **row,
-                "file": str(by_id[image_id].relative_to(target)) if image_id in by_id else "",
-                "patient_id": f"P{(number + 1) // 2:03d}",
-                # films come in pairs: odd numbers are right breasts, even numbers left
-                "laterality": "R" if number % 2 else "L",
-            })
+            writer.writerow(
+                {
+                    **row,
+                    "file": str(by_id[image_id].relative_to(target)) if image_id in by_id else "",
+                    "patient_id": f"P{(number + 1) // 2:03d}",
+                    # films come in pairs: odd numbers are right breasts, even numbers left
+                    "laterality": "R" if number % 2 else "L",
+                }
+            )
     with open(target / "findings.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, ["image_id", "abnormality", "severity", "x", "y", "radius",
-                                     "tissue"])
+        writer = csv.DictWriter(
+            fh, ["image_id", "abnormality", "severity", "x", "y", "radius", "tissue"]
+        )
         writer.writeheader()
         writer.writerows(findings)

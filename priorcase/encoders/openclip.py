@@ -41,7 +41,9 @@ class OpenClipEncoder(Encoder):
             std=tuple(float(s) for s in cfg.get("std", open_clip.OPENAI_DATASET_STD)),
         )
         with torch.inference_mode():
-            probe = torch.zeros(1, 3, self.preprocess_cfg.image_size, self.preprocess_cfg.image_size)
+            probe = torch.zeros(
+                1, 3, self.preprocess_cfg.image_size, self.preprocess_cfg.image_size
+            )
             self.dim = int(self.model.encode_image(probe.to(device)).shape[-1])
         self.text_dim = self.dim
         self._hash: str | None = None

@@ -95,7 +95,9 @@ class CaseStore:
         if table is None:
             return {}
         cols = table.search().select(["id", "path"]).limit(None).to_arrow()
-        return dict(zip(cols.column("id").to_pylist(), cols.column("path").to_pylist(), strict=True))
+        return dict(
+            zip(cols.column("id").to_pylist(), cols.column("path").to_pylist(), strict=True)
+        )
 
     def add(self, records: list[CaseRecord]) -> int:
         """Insert records whose key is not stored yet, in one atomic commit; returns rows added."""
@@ -130,7 +132,10 @@ class CaseStore:
                     query = query.where(f"kind = '{kind}'")
                 arrow = query.limit(None).to_arrow()
                 vectors = np.asarray(
-                    arrow.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                    arrow.column("vector")
+                    .combine_chunks()
+                    .flatten()
+                    .to_numpy(zero_copy_only=False),
                     dtype=np.float32,
                 ).reshape(arrow.num_rows, -1)
                 self._snapshots = {
@@ -205,7 +210,9 @@ class CaseStore:
         if kind:
             query = query.where(f"kind = '{kind}'")
         arrow = query.limit(None).to_arrow()
-        return dict(zip(arrow.column("id").to_pylist(), arrow.column(name).to_pylist(), strict=True))
+        return dict(
+            zip(arrow.column("id").to_pylist(), arrow.column(name).to_pylist(), strict=True)
+        )
 
 
 def _to_arrow(records: list[CaseRecord], columns: list[str], dim: int) -> pa.Table:

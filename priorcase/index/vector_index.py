@@ -51,7 +51,9 @@ class VectorIndex:
             raise ValueError(f"unknown kNN backend {backend!r}; use auto, exact or faiss")
         self.vectors = l2_normalise(vectors)
         n = len(self.vectors)
-        self.backend = ("faiss" if n >= FAISS_MIN_ROWS else "exact") if backend == "auto" else backend
+        self.backend = (
+            ("faiss" if n >= FAISS_MIN_ROWS else "exact") if backend == "auto" else backend
+        )
         self._faiss: faiss.Index | None = None
         if self.backend == "faiss":
             self._faiss = _load_or_build(self.vectors, use_gpu, cache_path)

@@ -125,7 +125,9 @@ def read_findings(path: str | Path) -> dict[str, list[Finding]]:
         if image_id is None:
             raise LabelsError(f"{path} line {line}: empty {id_column}")
         try:
-            x, y, radius = (int(float(row[c])) if row.get(c) else None for c in ("x", "y", "radius"))
+            x, y, radius = (
+                int(float(row[c])) if row.get(c) else None for c in ("x", "y", "radius")
+            )
         except ValueError as err:
             raise LabelsError(f"{path} line {line}: x, y and radius must be numbers") from err
         labels = {c: row.get(c) for c in label_columns}

@@ -94,8 +94,12 @@ def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer) -> dict:
     for geometry, labels in rois:
         crop = crop_roi(pixels, *geometry)
         roi_items.append(
-            {"roi": geometry, "labels": labels, "tensor": preprocess(crop),
-             "thumbnail": make_thumbnail(crop, 128)}
+            {
+                "roi": geometry,
+                "labels": labels,
+                "tensor": preprocess(crop),
+                "thumbnail": make_thumbnail(crop, 128),
+            }
         )
     return {
         "task": task,

@@ -9,9 +9,7 @@ CONTEXT_FACTOR = 1.5
 MIN_CROP = 64
 
 
-def crop_box(
-    width: int, height: int, x: int, y: int, radius: int
-) -> tuple[int, int, int, int]:
+def crop_box(width: int, height: int, x: int, y: int, radius: int) -> tuple[int, int, int, int]:
     """Square (left, top, right, bottom) around a circle, clipped to the image."""
     half = max(int(radius * CONTEXT_FACTOR), MIN_CROP // 2)
     left, top = max(0, x - half), max(0, y - half)
@@ -55,7 +53,10 @@ def sample_normal_rois(
     integral = np.pad(mask.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     side = 2 * half
     box_sum = (
-        integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side] + integral[:-side, :-side]
+        integral[side:, side:]
+        - integral[:-side, side:]
+        - integral[side:, :-side]
+        + integral[:-side, :-side]
     )
     ys, xs = np.nonzero(box_sum >= min_tissue * side * side)
     rng = np.random.default_rng(seed)

@@ -1,0 +1,283 @@
+"""``priorcase eval``: grouped cross-validation inside an index, or library-vs-queries holdout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from priorcase.classifiers import METHODS
+from priorcase.classifiers.alignment import ContrastiveAligner
+from priorcase.classifiers.joint_space import ClipSpace, JointSpace
+from priorcase.errors import PriorcaseError, QueryError
+from priorcase.evaluation.binarize import binarize_labels
+from priorcase.evaluation.metrics import (
+    MethodResult,
+    RetrievalMetrics,
+    default_positive,
+    evaluate_probabilities,
+    retrieval_metrics,
+    subgroup_table,
+    threshold_table,
+)
+from priorcase.evaluation.runner import cross_val_proba, holdout_proba
+from priorcase.evaluation.splits import grouped_folds
+from priorcase.index.vector_index import VectorIndex
+from priorcase.library import TEXT_METHODS, LabelledSet, build_classifier, labelled_set
+
+if TYPE_CHECKING:
+    from priorcase.api import PriorCase
+
+SPACE_METHODS = (*TEXT_METHODS, "ensemble")
+
+
+@dataclass
+class Evaluation:
+    """The outcome of one ``priorcase eval`` run."""
+
+    label: str
+    mode: str  # "cv" | "holdout"
+    n: int
+    kind: str
+    results: list[MethodResult]
+    thresholds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    subgroups: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        methods = []
+        for r in self.results:
+            entry = r.to_dict()
+            entry.pop("roc", None)
+            entry["precision_at_k"] = {
+                key.removeprefix("P@"): value for key, value in r.precision_at_k.items()
+            }
+            methods.append(entry)
+        return {
+            "label": self.label,
+            "mode": self.mode,
+            "n": self.n,
+            "kind": self.kind,
+            "methods": methods,
+            "thresholds": self.thresholds,
+            "subgroups": self.subgroups,
+            "meta": self.meta,
+        }
+
+
+def resolve_methods(method: str) -> list[str]:
+    if method == "all":
+        return list(METHODS)
+    chosen = [m.strip() for m in method.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        raise QueryError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}, all")
+    return chosen
+
+
+class _FoldSpaces:
+    """Joint text-image space per training set: the bundled encoder's aligner is fitted on
+    training rows' reports only, so no evaluated image ever shapes the text space."""
+
+    def __init__(self, pc: PriorCase, data: LabelledSet) -> None:
+        self.pc = pc
+        self.encoder = pc.encoder
+        self._cache: dict[bytes, JointSpace] = {}
+        self._reports: dict[str, str] | None = None
+        self.data = data
+
+    def for_rows(self, train_idx: np.ndarray) -> JointSpace:
+        if self.encoder.aligned:
+            return ClipSpace(self.encoder.embed_texts)
+        key = np.sort(train_idx).tobytes()
+        if key not in self._cache:
+            if self._reports is None:
+                _, reports, ids = self.pc.reports_by_id()
+                self._reports = dict(zip(ids, reports, strict=True))
+            ids = self.data.ids[train_idx]
+            keep = [n for n, i in enumerate(ids) if self._reports.get(i)]
+            aligner = ContrastiveAligner(self.encoder.embed_texts).fit(
+                self.data.X[train_idx][keep], [self._reports[ids[n]] for n in keep]
+            )
+            self._cache[key] = aligner
+        return self._cache[key]
+
+
+def _binary_score(
+    y: np.ndarray, proba: np.ndarray, classes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, str]:
+    positive = default_positive(list(classes))
+    column = list(classes).index(positive)
+    return (y == positive).astype(int), proba[:, column], str(positive)
+
+
+def _extras(
+    evaluation: Evaluation,
+    method: str,
+    data: LabelledSet,
+    proba: np.ndarray,
+    classes: np.ndarray,
+    by: dict[str, np.ndarray],
+) -> None:
+    if len(classes) == 2:
+        is_pos, score, positive = _binary_score(data.y, proba, classes)
+        rows = threshold_table(is_pos, score)
+        evaluation.thresholds[method] = [{**r, "positive": positive} for r in rows]
+    for column, values in by.items():
+        evaluation.subgroups[f"{method} by {column}"] = subgroup_table(
+            data.y, proba, classes, values
+        )
+
+
+def _subgroup_values(
+    pc: PriorCase, data: LabelledSet, by: list[str], kind: str
+) -> dict[str, np.ndarray]:
+    out = {}
+    for column in by:
+        values = pc.store.column_values(column, kind)
+        out[column] = np.array([str(values.get(i)) for i in data.ids], dtype=object)
+    return out
+
+
+def cross_validate(
+    pc: PriorCase,
+    label: str,
+    methods: list[str],
+    n_splits: int = 5,
+    kind: str = "image",
+    where: str | None = None,
+    positive: tuple[str, ...] = (),
+    by: list[str] | None = None,
+    knn_k: int = 10,
+    n_boot: int = 1000,
+    progress: bool = True,
+) -> Evaluation:
+    """Out-of-fold results for each method; folds grouped by the index's grouping key."""
+    data = labelled_set(pc, label, kind, where, positive)
+    if len(set(data.y.tolist())) < 2:
+        raise QueryError(f"column {label!r} has a single class among the selected rows")
+    folds = grouped_folds(data.y, data.groups, n_splits=n_splits)
+    spaces = _FoldSpaces(pc, data)
+    retrieval = retrieval_metrics(data.X, data.y, data.groups, exclude_same_group=True)
+    evaluation = _new_evaluation(pc, data, "cv", kind, where, n_splits=len(folds))
+    subgroups = _subgroup_values(pc, data, by or [], kind)
+    for method in methods:
+
+        def make(train_idx: np.ndarray, method: str = method) -> Any:
+            space = spaces.for_rows(train_idx) if method in SPACE_METHODS else None
+            return build_classifier(method, data, space, knn_k=knn_k)
+
+        proba, classes = cross_val_proba(
+            make, data.X, data.y, data.groups, folds, progress=progress
+        )
+        result = evaluate_probabilities(
+            data.y,
+            proba,
+            classes,
+            method,
+            groups=data.groups,
+            n_boot=n_boot,
+            retrieval=retrieval,
+        )
+        evaluation.results.append(result)
+        _extras(evaluation, method, data, proba, classes, subgroups)
+    return evaluation
+
+
+def holdout(
+    pc: PriorCase,
+    queries: Path,
+    labels_csv: Path,
+    label: str,
+    methods: list[str],
+    kind: str = "image",
+    where: str | None = None,
+    positive: tuple[str, ...] = (),
+    knn_k: int = 10,
+    n_boot: int = 1000,
+    progress: bool = True,
+) -> Evaluation:
+    """The index is the reference library; query images are embedded, never stored."""
+    from priorcase.ingest.labels import read_labels
+    from priorcase.ingest.readers import iter_image_files
+
+    library = labelled_set(pc, label, kind, where, positive)
+    table = read_labels(labels_csv)
+    if label not in table.columns:
+        raise QueryError(f"{labels_csv} has no column {label!r}")
+    vectors, targets, groups, failures = [], [], [], []
+    for path in iter_image_files([queries]):
+        row = table.lookup(path)
+        if row is None or row.labels.get(label) is None:
+            continue
+        try:
+            vectors.append(pc.embed(pc.read(path)))
+        except PriorcaseError as err:
+            failures.append(str(err))
+            continue
+        targets.append(row.labels[label])
+        groups.append(row.patient_key or path.stem)
+    if not vectors:
+        raise QueryError(f"no labelled query images under {queries}")
+    y = np.asarray(targets, dtype=object)
+    y = (binarize_labels(y, positive) if positive else y).astype(str)
+    test = LabelledSet(
+        label,
+        np.asarray(groups, dtype=object),
+        np.stack(vectors),
+        y,
+        np.asarray(groups, dtype=object).astype(str),
+        tuple(positive),
+        None,
+    )
+    space = ClipSpace(pc.encoder.embed_texts) if pc.encoder.aligned else pc.joint_space()
+    evaluation = _new_evaluation(pc, test, "holdout", kind, where)
+    evaluation.meta["library_rows"] = len(library.y)
+    evaluation.meta["query_failures"] = failures
+    retrieval = _holdout_retrieval(library, test)
+    for method in methods:
+        model = build_classifier(method, library, space, knn_k=knn_k)
+        proba, classes = holdout_proba(model, library.X, library.y, library.groups, test.X)
+        result = evaluate_probabilities(
+            test.y, proba, classes, method, groups=test.groups, n_boot=n_boot, retrieval=retrieval
+        )
+        evaluation.results.append(result)
+        _extras(evaluation, method, test, proba, classes, {})
+    return evaluation
+
+
+def _holdout_retrieval(library: LabelledSet, test: LabelledSet, ks=(1, 5, 10)) -> RetrievalMetrics:
+    """Same-label precision@k of library neighbours for each query (mAP not computed)."""
+    found = VectorIndex(library.X).search(test.X, max(ks))
+    same = library.y[np.where(found.positions >= 0, found.positions, 0)] == test.y[:, None]
+    same &= found.positions >= 0
+    return RetrievalMetrics(
+        precision_at_k={f"P@{k}": float(same[:, :k].mean()) for k in ks},
+        map=None,
+        n_queries=len(test.y),
+    )
+
+
+def _new_evaluation(
+    pc: PriorCase, data: LabelledSet, mode: str, kind: str, where: str | None, **meta
+) -> Evaluation:
+    manifest = pc.store.manifest
+    assert manifest is not None
+    counts = {str(c): int((data.y == c).sum()) for c in sorted(set(data.y.tolist()))}
+    return Evaluation(
+        label=data.label,
+        mode=mode,
+        n=len(data.y),
+        kind=kind,
+        results=[],
+        meta={
+            "index": str(pc.store.db_dir),
+            "encoder": manifest.encoder_spec,
+            "group_column": manifest.group_column,
+            "where": where,
+            "class_counts": counts,
+            **meta,
+        },
+    )

@@ -1,0 +1,233 @@
+"""Labelled training sets drawn from an index, and classifiers trained on the whole library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import joblib
+import numpy as np
+
+from priorcase.classifiers import make_classifier
+from priorcase.classifiers.joint_space import JointSpace
+from priorcase.classifiers.prompts import MAMMOGRAPHY_TEMPLATES, class_prompts
+from priorcase.errors import EncoderMismatchError, QueryError
+from priorcase.evaluation.binarize import binarize_labels, binary_label_names
+from priorcase.records import SearchHit
+
+if TYPE_CHECKING:
+    from priorcase.api import PriorCase
+
+# Text-free heads whose fitting is worth keeping on disk (grid search over C).
+PERSISTED = ("logreg", "svm")
+TEXT_METHODS = ("zeroshot", "similarity")
+
+
+@dataclass
+class LabelledSet:
+    """Rows of one kind with a value in ``label``: vectors, targets and grouping keys."""
+
+    label: str
+    ids: np.ndarray
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    positive: tuple[str, ...] = ()
+    original: np.ndarray | None = None  # y before --positive collapsed it
+
+    def subset(self, rows: np.ndarray) -> LabelledSet:
+        original = None if self.original is None else self.original[rows]
+        return LabelledSet(
+            self.label,
+            self.ids[rows],
+            self.X[rows],
+            self.y[rows],
+            self.groups[rows],
+            self.positive,
+            original,
+        )
+
+
+def labelled_set(
+    pc: PriorCase,
+    label: str,
+    kind: str = "image",
+    where: str | None = None,
+    positive: tuple[str, ...] = (),
+) -> LabelledSet:
+    """Every stored row of ``kind`` with a ``label`` value (optionally filtered / binarised)."""
+    snapshot = pc.store.snapshot(kind)
+    values = pc.store.column_values(label, kind)
+    allowed = pc.store.ids_matching(where) if where else None
+    rows = [
+        n
+        for n, i in enumerate(snapshot.ids)
+        if values.get(i) is not None and (allowed is None or i in allowed)
+    ]
+    if not rows:
+        raise QueryError(f"no {kind} rows with a value in column {label!r}")
+    rows_arr = np.asarray(rows)
+    original = np.array([values[snapshot.ids[n]] for n in rows], dtype=object)
+    y = binarize_labels(original, positive) if positive else original
+    return LabelledSet(
+        label=label,
+        ids=snapshot.ids[rows_arr],
+        X=snapshot.vectors[rows_arr],
+        y=np.asarray(y, dtype=object).astype(str),
+        groups=np.asarray(snapshot.groups[rows_arr], dtype=object).astype(str),
+        positive=tuple(positive),
+        original=original,
+    )
+
+
+def prompts_for_set(
+    data: LabelledSet, templates=MAMMOGRAPHY_TEMPLATES
+) -> dict[str, list[str]] | None:
+    """Class prompts; a binarised label gets the prompts of the values on each side."""
+    if not data.positive:
+        return None
+    assert data.original is not None
+    negative_name, positive_name = binary_label_names(data.positive)
+    values = sorted(set(data.original.tolist()))
+    per_value = class_prompts(values, data.label, templates)
+    return {
+        positive_name: [p for v in values if v in data.positive for p in per_value[v]],
+        negative_name: [p for v in values if v not in data.positive for p in per_value[v]],
+    }
+
+
+def build_classifier(
+    method: str, data: LabelledSet, space: JointSpace | None, knn_k: int = 10
+) -> Any:
+    """An unfitted classifier for ``data``'s label (prompts from the label's vocabulary)."""
+    if method in TEXT_METHODS:
+        return make_classifier(method, space, data.label, prompts=prompts_for_set(data))
+    if method == "knn":
+        return make_classifier("knn", k=knn_k)
+    if method == "ensemble":
+        return make_classifier("ensemble", space, data.label)
+    return make_classifier(method)
+
+
+@dataclass
+class MethodPrediction:
+    """One method's probabilities for one query, with a one-line reason."""
+
+    method: str
+    probabilities: dict[str, float]
+    explanation: str
+
+
+@dataclass
+class Classification:
+    """All methods' answers for one query and label, plus the neighbours that voted."""
+
+    label: str
+    predictions: list[MethodPrediction]
+    neighbours: list[SearchHit] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "label": self.label,
+            "methods": [
+                {"method": p.method, "probabilities": p.probabilities, "explanation": p.explanation}
+                for p in self.predictions
+            ],
+            "neighbours": [h.to_json() for h in self.neighbours],
+        }
+
+
+class LibraryClassifiers:
+    """Classifiers fitted on every labelled case of an index, cached per table version.
+
+    Logistic and SVM heads are saved under ``<db>/classifiers`` with the encoder's weight
+    digest; a saved head from another encoder is refused, one from an older table is refitted.
+    """
+
+    def __init__(self, pc: PriorCase) -> None:
+        self.pc = pc
+        self._cache: dict[tuple, Any] = {}
+
+    def fitted(
+        self, method: str, label: str, kind: str = "image", k: int = 10
+    ) -> tuple[Any, LabelledSet]:
+        version = self.pc.store.version
+        key = (version, method, label, kind, k)
+        if key in self._cache:
+            return self._cache[key]
+        data = labelled_set(self.pc, label, kind)
+        model = self._load(method, label, kind, version) if method in PERSISTED else None
+        if model is None:
+            space = self.pc.joint_space() if method in (*TEXT_METHODS, "ensemble") else None
+            model = build_classifier(method, data, space, knn_k=k)
+            model.fit(data.X, data.y, groups=data.groups)
+            if method in PERSISTED:
+                self._save(model, method, label, kind, version)
+        self._cache = {k_: v for k_, v in self._cache.items() if k_[0] == version}
+        self._cache[key] = (model, data)
+        return model, data
+
+    def classify(
+        self,
+        vector: np.ndarray,
+        label: str,
+        methods: tuple[str, ...] = ("knn", "logreg", "zeroshot"),
+        kind: str = "image",
+        k: int = 10,
+    ) -> Classification:
+        """Probabilities per method for one image-space vector."""
+        query = np.asarray(vector, dtype=np.float32)[None, :]
+        predictions: list[MethodPrediction] = []
+        neighbours: list[SearchHit] = []
+        for method in methods:
+            model, data = self.fitted(method, label, kind, k)
+            proba = model.predict_proba(query)[0]
+            probabilities = {str(c): float(p) for c, p in zip(model.classes_, proba, strict=True)}
+            best = max(probabilities, key=probabilities.get)
+            if method == "knn":
+                explanation = model.explain(query)[0]
+                positions, scores = model.kneighbors(query)
+                valid = positions[0] >= 0
+                neighbours = self.pc.store.hits(
+                    [str(data.ids[p]) for p in positions[0][valid]],
+                    [float(s) for s in scores[0][valid]],
+                )
+            elif method in TEXT_METHODS:
+                explanation = f"image is closest to the text prompts for {best!r}"
+            else:
+                explanation = (
+                    f"{method} head trained on {len(data.y)} labelled cases favours {best!r}"
+                )
+            predictions.append(MethodPrediction(method, probabilities, explanation))
+        return Classification(label, predictions, neighbours)
+
+    def _path(self, method: str, label: str, kind: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+        return self.pc.store.db_dir / "classifiers" / f"{kind}-{safe}-{method}.joblib"
+
+    def _load(self, method: str, label: str, kind: str, version: int) -> Any | None:
+        path = self._path(method, label, kind)
+        if not path.exists():
+            return None
+        saved = joblib.load(path)
+        manifest = self.pc.store.manifest
+        assert manifest is not None
+        if saved["encoder_weights"] != manifest.encoder["weights_sha256"]:
+            raise EncoderMismatchError(
+                f"{path} was trained on embeddings of another encoder; delete it to retrain"
+            )
+        return saved["model"] if saved["table_version"] == version else None
+
+    def _save(self, model: Any, method: str, label: str, kind: str, version: int) -> None:
+        path = self._path(method, label, kind)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        manifest = self.pc.store.manifest
+        assert manifest is not None
+        payload = {
+            "model": model,
+            "table_version": version,
+            "encoder": manifest.encoder_spec,
+            "encoder_weights": manifest.encoder["weights_sha256"],
+        }
+        joblib.dump(payload, path)

@@ -1,0 +1,204 @@
+"""What the UI does, without Gradio: decode a query, search, classify, map. Also benchmarked."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from priorcase.api import PriorCase
+from priorcase.encoders.preprocess import model_view
+from priorcase.errors import ImageReadError, QueryError
+from priorcase.index.store import field_name
+from priorcase.ingest.readers import SUPPORTED_SUFFIXES, file_sha256
+from priorcase.records import SearchHit
+from priorcase.ui.classify_panel import ClassifyPanel
+from priorcase.ui.library_view import LibraryMap
+
+ANY = "any"
+ALL_KINDS = "all"
+UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff", ".pgm")
+MAX_UPLOAD_MB = 50
+
+
+@dataclass
+class Query:
+    """An image query: its embedding plus what to show about it."""
+
+    name: str
+    vector: np.ndarray
+    view: Image.Image  # what the model saw (letterboxed, before normalisation)
+    metadata: dict[str, str] = field(default_factory=dict)
+    group: str | None = None  # patient pseudonym (DICOM) or stored group
+    stored_id: str | None = None  # set when the query is (a copy of) an indexed case
+    from_index: bool = False  # chosen by id (so searches leave the case itself out)
+    note: str = ""
+
+
+class UploadError(Exception):
+    """An upload that cannot be used; ``str()`` is the message shown in the page."""
+
+
+class Actions:
+    """One library's UI operations (thread-safe enough for Gradio's worker threads)."""
+
+    def __init__(self, pc: PriorCase) -> None:
+        self.pc = pc
+        self.classifier = ClassifyPanel(pc)
+        self.library = LibraryMap(pc)
+
+    # ------------------------------------------------------------------ queries
+    def query_from_upload(self, path: str | Path, name: str | None = None) -> Query:
+        """Decode, check and embed an uploaded file; bad files raise :class:`UploadError`."""
+        path = Path(path)
+        name = name or path.name
+        suffix = path.suffix.lower()
+        if suffix and suffix not in SUPPORTED_SUFFIXES:
+            raise UploadError(
+                f"'{name}' is not a supported image type ({suffix}); "
+                f"upload one of {', '.join(UPLOAD_SUFFIXES)}"
+            )
+        size = path.stat().st_size
+        if size > MAX_UPLOAD_MB * 1024 * 1024:
+            raise UploadError(f"'{name}' is {size / 2**20:.0f} MB; the limit is {MAX_UPLOAD_MB} MB")
+        try:
+            loaded = self.pc.read(path)
+        except ImageReadError as err:
+            raise UploadError(f"Could not read '{name}': {err.reason}") from None
+        vector = self.pc.embed(loaded)
+        height, width = loaded.pixels.shape[:2]
+        metadata = {**loaded.metadata, "width": str(width), "height": str(height)}
+        query = Query(
+            name=name,
+            vector=vector,
+            view=model_view(loaded.pixels, self.pc.encoder.preprocess_cfg),
+            metadata=metadata,
+            group=loaded.patient,
+        )
+        stored = self._stored_copy(file_sha256(path))
+        if stored is not None:
+            query.stored_id, query.group = stored[0], stored[1] or query.group
+            query.note = f"This file is already in the library as case {stored[0]}."
+        return query
+
+    def _stored_copy(self, content_hash: str) -> tuple[str, str | None] | None:
+        table = self.pc.store.table
+        if table is None:
+            return None
+        rows = (
+            table.search()
+            .where(f"content_hash = '{content_hash}' AND kind = 'image'")
+            .select(["id", "group"])
+            .limit(1)
+            .to_list()
+        )
+        return (rows[0]["id"], rows[0]["group"]) if rows else None
+
+    def query_from_id(self, case_id: str) -> Query:
+        """A stored case as the query (its stored vector; the view from its thumbnail)."""
+        case_id = (case_id or "").strip()
+        if not case_id:
+            raise QueryError("choose a case id first")
+        row = self.pc.store.fetch([case_id], with_vectors=True).get(case_id)
+        if row is None:
+            raise QueryError(f"no case with id {case_id!r} in this library")
+        hit = self.pc.store.row_to_hit(row, 1.0)
+        with Image.open(io.BytesIO(hit.thumbnail or b"")) as thumb:
+            pixels = np.asarray(thumb.convert("L"))
+        meta = {k: str(v) for k, v in hit.metadata.items() if v not in (None, "")}
+        return Query(
+            name=case_id,
+            vector=np.asarray(row["vector"], dtype=np.float32),
+            view=model_view(pixels, self.pc.encoder.preprocess_cfg),
+            metadata=meta,
+            group=hit.group,
+            stored_id=case_id,
+            from_index=True,
+            note=f"Stored case {case_id} (view rebuilt from its index thumbnail).",
+        )
+
+    # ------------------------------------------------------------------ search
+    def filter_columns(self) -> dict[str, list[str]]:
+        """Label column -> sorted values, for the per-label filter dropdowns."""
+        manifest = self.pc.store.manifest
+        if manifest is None:
+            return {}
+        out = {}
+        for column in manifest.label_columns:
+            if column == manifest.group_column:
+                continue
+            values = sorted({v for v in self.pc.store.column_values(column).values() if v})
+            if values:
+                out[column] = values
+        return out
+
+    @staticmethod
+    def where_clause(filters: dict[str, str | None], free: str | None) -> str | None:
+        """The free SQL predicate AND-ed with one equality per chosen label value."""
+        parts = []
+        if free and free.strip():
+            parts.append(f"({free.strip()})")
+        for column, value in filters.items():
+            if value and value != ANY:
+                escaped = value.replace("'", "''")
+                parts.append(f"`{field_name(column)}` = '{escaped}'")
+        return " AND ".join(parts) or None
+
+    @staticmethod
+    def kind_arg(kind: str | None) -> str | None:
+        return None if kind in (None, "", ALL_KINDS) else kind
+
+    def search_vector(
+        self,
+        query: Query,
+        k: int = 10,
+        kind: str | None = "image",
+        where: str | None = None,
+        exclude_same_patient: bool = False,
+    ) -> list[SearchHit]:
+        """Nearest cases to an image query (a stored query never returns itself)."""
+        exclude_group = query.group if exclude_same_patient else None
+        exclude_ids = {query.stored_id} if query.from_index and query.stored_id else None
+        return self.pc.searcher.search(
+            query.vector, int(k), self.kind_arg(kind), where, exclude_group, exclude_ids
+        )
+
+    def search_text(
+        self, text: str, k: int = 10, kind: str | None = "image", where: str | None = None
+    ) -> list[SearchHit]:
+        text = (text or "").strip()
+        if not text:
+            raise QueryError("type a description to search for, e.g. 'dense glandular breast'")
+        return self.pc.search(text=text, k=int(k), kind=self.kind_arg(kind), where=where)
+
+    def parent_of(self, hit: SearchHit) -> SearchHit | None:
+        """The whole-film row an ROI hit was cut from (thumbnail and metadata)."""
+        if not hit.parent_id:
+            return None
+        row = self.pc.store.fetch([hit.parent_id]).get(hit.parent_id)
+        return None if row is None else self.pc.store.row_to_hit(row, 0.0)
+
+    # ------------------------------------------------------------------ classify / map
+    def classify(
+        self,
+        query: Query,
+        column: str,
+        kind: str | None = "image",
+        exclude_same_patient: bool = True,
+    ):
+        """Per-method probabilities for ``column`` (kNN leaves the query's patient out)."""
+        kind = self.kind_arg(kind) or "image"
+        group = query.group if (exclude_same_patient or query.stored_id) else None
+        if query.stored_id and group is None:
+            group = query.stored_id
+        return self.classifier.classify(
+            query.vector, column, kind, exclude_group=group, query_id=query.stored_id
+        )
+
+    def library_map(self, column: str | None, kind: str | None, query: Query | None):
+        kind = self.kind_arg(kind)
+        vector = None if query is None else query.vector
+        return self.library.figure(column, kind, vector, query.name if query else "query")

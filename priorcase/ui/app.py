@@ -1,0 +1,426 @@
+"""The Gradio app: find similar prior cases, classify by retrieval, browse the library.
+
+``build_app(pc)`` makes the Blocks; ``serve(db, ...)`` opens an index and launches it on
+127.0.0.1 unless told otherwise. Launch with :func:`launch_options` (upload limit, theme,
+CSS); thumbnails come from the index bytes, so no ``allowed_paths`` is ever needed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from priorcase.api import PriorCase
+from priorcase.errors import PriorcaseError
+from priorcase.records import SearchHit
+from priorcase.ui.actions import (
+    ALL_KINDS,
+    ANY,
+    MAX_UPLOAD_MB,
+    UPLOAD_SUFFIXES,
+    Actions,
+    Query,
+    UploadError,
+)
+from priorcase.ui.classify_panel import DEFAULT_METHODS, METHOD_TITLES, MethodResult
+from priorcase.ui.gallery import decode_thumbnail, detail_markdown, gallery_items
+from priorcase.ui.library_view import label_counts, summary_markdown
+from priorcase.ui.overlays import draw_roi
+
+log = logging.getLogger(__name__)
+
+CONCURRENCY_LIMIT = 4
+MAX_ID_CHOICES = 5000
+CSS = """
+#status-box p { font-size: 1.02rem; }
+#status-box .error, .pc-error { color: #b00020; font-weight: 600; }
+#results-gallery .caption-label { white-space: pre-line; font-size: 0.8rem; line-height: 1.25; }
+#results-gallery figcaption, #results-gallery .caption { white-space: pre-line; }
+.pc-method h4 { margin-bottom: 0.2rem; }
+"""
+
+
+def launch_options(auth: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``Blocks.launch``: upload limit, theme, CSS, optional basic auth."""
+    options: dict[str, Any] = {
+        "max_file_size": f"{MAX_UPLOAD_MB}mb",
+        "theme": gr.themes.Soft(),
+        "css": CSS,
+        "show_error": False,
+    }
+    if auth:
+        options["auth"] = parse_auth(auth)
+        options["auth_message"] = "priorcase: sign in to search the case library."
+    return options
+
+
+def parse_auth(auth: str) -> tuple[str, str]:
+    """``user:pass`` -> (user, pass); the password may contain colons."""
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise PriorcaseError("--auth must look like user:password")
+    return user, password
+
+
+def _error(message: str) -> str:
+    return f"<span class='pc-error'>⚠ {message}</span>"
+
+
+def _ok(message: str) -> str:
+    return f"✓ {message}"
+
+
+def _message(err: Exception) -> str:
+    if isinstance(err, (UploadError, PriorcaseError)):
+        return str(err)
+    log.exception("unexpected error in the UI")
+    return f"unexpected error ({type(err).__name__}); see the server log"
+
+
+def _metadata_markdown(query: Query) -> str:
+    if not query.metadata:
+        return "_No metadata._"
+    rows = "\n".join(f"| {k} | {v} |" for k, v in query.metadata.items())
+    note = f"\n\n_{query.note}_" if query.note else ""
+    return f"| field | value |\n|---|---|\n{rows}{note}"
+
+
+def _method_outputs(results: list[MethodResult]) -> list[Any]:
+    by_method = {r.method: r for r in results}
+    outputs: list[Any] = []
+    for method in DEFAULT_METHODS:
+        result = by_method.get(method)
+        if result is None:
+            outputs += [None, ""]
+        elif result.error:
+            outputs += [None, _error(result.error)]
+        else:
+            outputs += [result.probabilities, result.explanation]
+    return outputs
+
+
+def build_app(pc: PriorCase) -> gr.Blocks:
+    """The whole UI for one library."""
+    actions = Actions(pc)
+    filter_values = actions.filter_columns()
+    class_columns = actions.classifier.columns("image")
+    manifest = pc.store.manifest
+    label_cols = [c for c in (manifest.label_columns if manifest else []) if c != "patient_id"]
+    ids = sorted((pc.store.column_values(label_cols[0], "image") if label_cols else {}).keys())
+    default_colour = next((c for c in ("pathology", "tissue") if c in label_cols), None)
+    default_colour = default_colour or (label_cols[0] if label_cols else None)
+    n_images = pc.store.count("image")
+    encoder = manifest.encoder_spec if manifest else "none"
+
+    with gr.Blocks(title="priorcase – similar prior cases") as demo:
+        query_state = gr.State(None)  # Query | None
+        hits_state = gr.State([])  # list[SearchHit]
+        last_search = gr.State(None)  # ("image", None) | ("text", str)
+
+        gr.Markdown(
+            f"## priorcase · similar prior cases\n"
+            f"{n_images} cases · encoder `{encoder}` · decision support only: "
+            "similar cases and scores are not a diagnosis."
+        )
+        status = gr.Markdown(
+            "Upload an image, pick a case id, or describe a finding.", elem_id="status-box"
+        )
+
+        with gr.Tabs():
+            # ------------------------------------------------------------ search
+            with gr.Tab("Search", id="search"), gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=320):
+                    upload = gr.File(
+                        label="Query image (PNG, JPEG, TIFF, PGM or DICOM, ≤ 50 MB)",
+                        file_types=list(UPLOAD_SUFFIXES),
+                        type="filepath",
+                        elem_id="query-upload",
+                        height=110,
+                    )
+                    with gr.Row():
+                        case_id = gr.Dropdown(
+                            choices=ids[:MAX_ID_CHOICES],
+                            value=None,
+                            allow_custom_value=True,
+                            label="…or an indexed case id",
+                            elem_id="case-id",
+                            scale=3,
+                        )
+                        id_button = gr.Button("Search by id", scale=1, elem_id="id-search")
+                    with gr.Row():
+                        text = gr.Textbox(
+                            label="…or describe a finding",
+                            placeholder="e.g. dense glandular breast",
+                            elem_id="text-query",
+                            scale=3,
+                        )
+                        text_button = gr.Button("Search text", scale=1, elem_id="text-search")
+                    view = gr.Image(
+                        label="Query as the model sees it",
+                        type="pil",
+                        interactive=False,
+                        height=260,
+                        elem_id="query-view",
+                    )
+                    meta = gr.Markdown("", elem_id="query-meta")
+                with gr.Column(scale=2, min_width=480):
+                    with gr.Accordion("Search options and filters", open=True):
+                        with gr.Row():
+                            k = gr.Slider(1, 50, value=10, step=1, label="cases to show (k)")
+                            kind = gr.Radio(
+                                ["image", "roi", ALL_KINDS], value="image", label="kind"
+                            )
+                            exclude = gr.Checkbox(value=False, label="exclude same patient")
+                        with gr.Row():
+                            filters = [
+                                gr.Dropdown([ANY, *values], value=ANY, label=column, min_width=110)
+                                for column, values in filter_values.items()
+                            ]
+                        with gr.Row():
+                            where = gr.Textbox(
+                                label="SQL filter (as --where)",
+                                placeholder="e.g. pathology = 'malignant' AND tissue != 'F'",
+                                scale=4,
+                                elem_id="where",
+                            )
+                            rerun = gr.Button("Apply to last search", scale=1)
+                    gallery = gr.Gallery(
+                        label="Nearest prior cases (click one for details)",
+                        columns=5,
+                        height=560,
+                        object_fit="contain",
+                        allow_preview=False,
+                        elem_id="results-gallery",
+                    )
+                    with gr.Row(equal_height=False):
+                        detail_image = gr.Image(
+                            label="Selected case", type="pil", interactive=False, height=300
+                        )
+                        parent_image = gr.Image(
+                            label="Lesion on the parent film",
+                            type="pil",
+                            interactive=False,
+                            height=300,
+                            visible=False,
+                        )
+                        detail = gr.Markdown("", elem_id="case-detail")
+
+            # ------------------------------------------------------------ classify
+            with gr.Tab("Classification", id="classify"):
+                gr.Markdown(
+                    "Probabilities for the current image query from three methods. kNN leaves "
+                    "the query's own patient out."
+                )
+                with gr.Row():
+                    column = gr.Dropdown(
+                        class_columns,
+                        value=(class_columns or [None])[0],
+                        label="label to predict",
+                        elem_id="class-column",
+                    )
+                    classify_button = gr.Button("Classify current query", elem_id="classify")
+                method_outputs: list[Any] = []
+                with gr.Row():
+                    for method in DEFAULT_METHODS:
+                        with gr.Column(elem_classes=["pc-method"]):
+                            gr.Markdown(f"#### {METHOD_TITLES[method]}")
+                            method_outputs.append(gr.Label(num_top_classes=4, show_label=False))
+                            method_outputs.append(gr.Markdown("", elem_id=f"explain-{method}"))
+
+            # ------------------------------------------------------------ library
+            with gr.Tab("Library", id="library"), gr.Row(equal_height=False):
+                with gr.Column(scale=1):
+                    gr.Markdown("### Index")
+                    summary = gr.Markdown(summary_markdown(pc), elem_id="library-summary")
+                    counts = gr.Dataframe(
+                        label_counts(pc), label="cases per label", interactive=False, max_height=420
+                    )
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        colour = gr.Dropdown(label_cols, value=default_colour, label="colour by")
+                        map_kind = gr.Radio(
+                            ["image", "roi", ALL_KINDS], value="image", label="kind"
+                        )
+                        map_button = gr.Button("Draw map", elem_id="draw-map")
+                    plot = gr.Plot(
+                        label="PCA map of the embeddings (★ = current query)", elem_id="library-map"
+                    )
+
+        # ---------------------------------------------------------------- handlers
+        search_outputs = [hits_state, gallery, status, detail_image, parent_image, detail]
+
+        def results(hits: list[SearchHit], message: str) -> list[Any]:
+            if not hits:
+                message += " No case matched: loosen the filters."
+            return [
+                hits,
+                gallery_items(hits),
+                _ok(message),
+                None,
+                gr.update(visible=False, value=None),
+                "",
+            ]
+
+        def failed(message: str) -> list[Any]:
+            return [
+                gr.update(),
+                gr.update(),
+                _error(message),
+                gr.update(),
+                gr.update(),
+                gr.update(),
+            ]
+
+        def run_image(query, k_, kind_, exclude_, where_, *fvals):
+            where_sql = actions.where_clause(dict(zip(filter_values, fvals, strict=True)), where_)
+            hits = actions.search_vector(query, k_, kind_, where_sql, exclude_)
+            note = f" {query.note}" if query.note else ""
+            return results(hits, f"{len(hits)} nearest cases to {query.name}.{note}")
+
+        def on_upload(file, k_, kind_, exclude_, where_, *fvals):
+            if not file:
+                return [gr.update()] * 3 + [gr.update()] * len(search_outputs)
+            try:
+                query = actions.query_from_upload(file, Path(file).name)
+            except Exception as err:
+                return [None, None, "", *failed(_message(err))]
+            try:
+                found = run_image(query, k_, kind_, exclude_, where_, *fvals)
+            except Exception as err:
+                found = failed(_message(err))
+            return [query, query.view, _metadata_markdown(query), *found]
+
+        def on_id(case, k_, kind_, exclude_, where_, *fvals):
+            try:
+                query = actions.query_from_id(case)
+                found = run_image(query, k_, kind_, exclude_, where_, *fvals)
+            except Exception as err:
+                return [gr.update()] * 3 + failed(_message(err))
+            return [query, query.view, _metadata_markdown(query), *found]
+
+        def on_text(text_, k_, kind_, where_, *fvals):
+            try:
+                where_sql = actions.where_clause(
+                    dict(zip(filter_values, fvals, strict=True)), where_
+                )
+                hits = actions.search_text(text_, k_, kind_, where_sql)
+            except Exception as err:
+                return failed(_message(err))
+            return results(hits, f"{len(hits)} cases matching the description {text_.strip()!r}.")
+
+        def on_rerun(last, query, text_, k_, kind_, exclude_, where_, *fvals):
+            if last == "text":
+                return on_text(text_, k_, kind_, where_, *fvals)
+            if query is None:
+                return failed("no query yet: upload an image, pick a case id or type a text")
+            try:
+                return run_image(query, k_, kind_, exclude_, where_, *fvals)
+            except Exception as err:
+                return failed(_message(err))
+
+        def on_select(hits: list[SearchHit], evt: gr.SelectData):
+            index = evt.index if isinstance(evt.index, int) else evt.index[0]
+            if not hits or index >= len(hits):
+                return None, gr.update(visible=False), ""
+            hit = hits[index]
+            image = decode_thumbnail(hit.thumbnail)
+            parent = actions.parent_of(hit) if hit.roi else None
+            if parent is not None and hit.roi:
+                overlay = draw_roi(parent.thumbnail, hit.roi, parent.metadata)
+                return (
+                    image,
+                    gr.update(visible=True, value=overlay),
+                    detail_markdown(hit, index + 1),
+                )
+            return image, gr.update(visible=False, value=None), detail_markdown(hit, index + 1)
+
+        def on_classify(query, column_, kind_, exclude_):
+            if query is None:
+                return [None, "_Run an image or id query first._"] * len(DEFAULT_METHODS)
+            if not column_:
+                return [None, "_This library has no label with two or more classes._"] * len(
+                    DEFAULT_METHODS
+                )
+            try:
+                return _method_outputs(actions.classify(query, column_, kind_, exclude_))
+            except Exception as err:
+                return [None, _error(_message(err))] * len(DEFAULT_METHODS)
+
+        def on_map(column_, kind_, query):
+            try:
+                return actions.library_map(column_, kind_, query)
+            except Exception as err:
+                raise gr.Error(_message(err)) from None
+
+        controls = [k, kind, exclude, where, *filters]
+        query_outputs = [query_state, view, meta, *search_outputs]
+        classify_inputs = [query_state, column, kind, exclude]
+        map_inputs = [colour, map_kind, query_state]
+
+        def mark(mode):
+            return lambda: mode
+
+        for event, handler, inputs in (
+            (upload.upload, on_upload, [upload, *controls]),
+            (id_button.click, on_id, [case_id, *controls]),
+            (case_id.input, on_id, [case_id, *controls]),
+        ):
+            (
+                event(handler, inputs, query_outputs, concurrency_limit=CONCURRENCY_LIMIT)
+                .then(mark("image"), None, last_search)
+                .then(on_classify, classify_inputs, method_outputs)
+                .then(on_map, map_inputs, plot)
+            )
+        for event in (text_button.click, text.submit):
+            event(
+                on_text,
+                [text, k, kind, where, *filters],
+                search_outputs,
+                concurrency_limit=CONCURRENCY_LIMIT,
+            ).then(mark("text"), None, last_search)
+        rerun.click(on_rerun, [last_search, query_state, text, *controls], search_outputs)
+        where.submit(on_rerun, [last_search, query_state, text, *controls], search_outputs)
+        gallery.select(on_select, hits_state, [detail_image, parent_image, detail])
+        classify_button.click(on_classify, classify_inputs, method_outputs)
+        column.change(on_classify, classify_inputs, method_outputs)
+        map_button.click(on_map, map_inputs, plot)
+        colour.change(on_map, map_inputs, plot)
+        map_kind.change(on_map, map_inputs, plot)
+        demo.load(on_map, map_inputs, plot)
+        demo.load(lambda: (summary_markdown(pc), label_counts(pc)), None, [summary, counts])
+
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=64)
+    return demo
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    db: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: str | None = None,
+    device: str | None = None,
+) -> None:
+    """Open the library at ``db`` and serve the UI (blocking) on ``host:port``."""
+    import priorcase
+
+    pc = priorcase.open(db, device=device)
+    if pc.store.manifest is None or pc.store.count() == 0:
+        raise PriorcaseError(f"index {db} is empty: run 'priorcase ingest --db {db} ...' first")
+    if not _is_loopback(host) and not auth:
+        print(f"warning: serving on {host} without --auth: anyone on the network can search")
+    options = launch_options(auth)
+    pc.encoder  # noqa: B018 - load the model before the first request, not during it
+    build_app(pc).launch(server_name=host, server_port=port, **options)
