@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,13 @@ from priorcase.records import SearchHit
 def _open(args: argparse.Namespace):
     import priorcase
 
-    return priorcase.open(args.db, encoder=getattr(args, "encoder", None), device=args.device)
+    # notices (encoder fallback, aligner training) go to stderr: stdout may be --json
+    return priorcase.open(
+        args.db,
+        encoder=getattr(args, "encoder", None),
+        device=args.device,
+        notify=lambda message: print(message, file=sys.stderr),
+    )
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -80,11 +87,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"encoder   {manifest.encoder_spec} (weights {manifest.encoder['weights_sha256'][:12]})")
     print(f"created   {manifest.created}, updated {manifest.updated}")
     print(f"rows      {pc.store.count('image')} images, {pc.store.count('roi')} ROIs")
-    for column in manifest.label_columns:
-        counts: dict[str, int] = {}
-        for value in pc.store.column_values(column, "image").values():
-            counts[str(value)] = counts.get(str(value), 0) + 1
-        print(f"{column:<10}" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    for kind in ("image", "roi"):
+        if not pc.store.count(kind):
+            continue
+        print(f"\nlabels of {kind} rows:")
+        for column in manifest.label_columns:
+            counts = Counter(str(v) for v in pc.store.column_values(column, kind).values())
+            if set(counts) != {"None"}:
+                print(f"  {column:<12}" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     return 0
 
 

@@ -85,7 +85,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for r in rows:
             print(
                 f"  {r['target']:<14} threshold {r['threshold']:.3f}  sens {r['sensitivity']:.2f}"
-                f"  spec {r['specificity']:.2f}  TP {r['TP']} FP {r['FP']} TN {r['TN']} FN {r['FN']}"
+                f"  spec {r['specificity']:.2f}  TP {r['TP']} FP {r['FP']} "
+                f"TN {r['TN']} FN {r['FN']}"
             )
     for name, rows in evaluation.subgroups.items():
         print(f"\nsubgroups, {name}:")

@@ -6,12 +6,11 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an open_clip download attempt would hang
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from fixtures import TINY_SPEC, register_tiny_clip  # noqa: E402
+import pytest
+import torch
+from fixtures import TINY_SPEC, register_tiny_clip
 
 
 @pytest.fixture(scope="session")

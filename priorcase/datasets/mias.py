@@ -107,7 +107,7 @@ def convert_info_txt(info: Path, films: list[Path], target: Path) -> None:
             continue
         image_id, tissue, abnormality = parts[:3]
         severity = SEVERITY.get(parts[3], "") if len(parts) > 3 else ""
-        x, y, radius = (parts[4:7] + ["", "", ""])[:3] if len(parts) > 4 else ("", "", "")
+        x, y, radius = [*parts[4:7], "", "", ""][:3] if len(parts) > 4 else ("", "", "")
         if y and y != "*NOTE":
             y = str(MIAS_SIZE - int(y))
         if x == "*NOTE":

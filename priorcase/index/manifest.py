@@ -31,7 +31,7 @@ class Manifest:
         return str(self.encoder["spec"])
 
     def check_encoder(self, described: dict, db_dir: Path) -> None:
-        """Raise unless ``described`` (``Encoder.describe()``) is the encoder that built the index."""
+        """Raise unless ``described`` (``Encoder.describe()``) built the index."""
         keys = ("spec", "weights_sha256", "preprocess")
         # compare as JSON sees them: tuples written to the manifest come back as lists
         ours = json.loads(json.dumps([self.encoder[k] for k in keys]))

@@ -87,6 +87,11 @@ def _load_or_build(vectors: np.ndarray, use_gpu: bool, cache_path: Path | None) 
         tmp = cache_path.with_suffix(".tmp")
         faiss.write_index(index, str(tmp))
         tmp.replace(cache_path)
+        version_prefix = cache_path.name.split("-")[0] + "-"  # "v12-image.index" -> "v12-"
+        for stale in cache_path.parent.glob("*.index"):
+            # indexes of older table versions are never searched again
+            if not stale.name.startswith(version_prefix):
+                stale.unlink(missing_ok=True)
     if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     return index

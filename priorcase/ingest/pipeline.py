@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from priorcase.encoders.base import Encoder
+from priorcase.encoders.preprocess import PreprocessConfig, preprocess_pixels
 from priorcase.errors import ImageReadError, PriorcaseError
 from priorcase.index.manifest import Manifest
 from priorcase.index.store import CaseStore
@@ -57,9 +60,9 @@ class _Task:
 class _FileDataset(Dataset):
     """Decodes and preprocesses one file per item; errors come back as values, not raises."""
 
-    def __init__(self, tasks: list[_Task], encoder: Encoder, pseudonymize: Pseudonymizer):
+    def __init__(self, tasks: list[_Task], cfg: PreprocessConfig, pseudonymize: Pseudonymizer):
         self.tasks = tasks
-        self.preprocess = encoder.preprocess
+        self.preprocess = partial(preprocess_pixels, cfg=cfg)
         self.pseudonymize = pseudonymize
 
     def __len__(self) -> int:
@@ -85,6 +88,8 @@ def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer) -> dict:
         if None in (finding.x, finding.y, finding.radius):
             continue
         geometry = (int(finding.x), int(finding.y), int(finding.radius))
+        if any(g == geometry for g, _ in rois):
+            continue  # a repeated findings row: same dedup key, so one ROI row
         rois.append((geometry, {**finding.labels, ROI_TYPE: "lesion"}))
     if not task.findings and task.normal_rois:
         seed = zlib.crc32(task.content_hash.encode())
@@ -133,7 +138,16 @@ def ingest(
             )
     labels = read_labels(options.labels) if options.labels else None
     findings = read_findings(options.findings) if options.findings else {}
-    files = iter_image_files([Path(s) for s in sources])
+    if options.normal_rois and options.findings is None:
+        # without findings every film would count as normal, abnormal ones included
+        raise PriorcaseError(
+            "--normal-rois needs --findings: normal ROIs are sampled on films "
+            "that have no findings row"
+        )
+    sources = [Path(s) for s in sources]
+    files = iter_image_files(sources)
+    if not files:
+        report.notes.append("no image files found in " + ", ".join(str(s) for s in sources))
     if labels is not None:
         report.failures += labels.problems + labels.unmatched(files)
     tasks = _plan(store, files, labels, findings, options, report)
@@ -187,7 +201,7 @@ def _plan(
                 labels=dict(row.labels) if row else {},
                 patient_key=row.patient_key if row else None,
                 findings=findings.get(image_id, []),
-                normal_rois=options.normal_rois if findings or options.findings else 0,
+                normal_rois=options.normal_rois,
                 normal_roi_radius=options.normal_roi_radius,
             )
         )
@@ -223,11 +237,13 @@ def _embed_and_store(
 ) -> None:
     workers = options.workers if options.workers is not None else min(4, os.cpu_count() or 1)
     loader = DataLoader(
-        _FileDataset(tasks, encoder, pseudonymize),
+        _FileDataset(tasks, encoder.preprocess_cfg, pseudonymize),
         batch_size=options.batch_size,
         num_workers=workers,
         collate_fn=list,
         pin_memory=encoder.device.type == "cuda",
+        # Workers must not fork a process that runs LanceDB's threads (it can deadlock).
+        multiprocessing_context=_worker_context() if workers > 0 else None,
     )
     manifest = store.manifest
     assert manifest is not None
@@ -245,6 +261,10 @@ def _embed_and_store(
             report.stored_images += sum(1 for r in records if r.kind == "image")
             report.stored_rois += sum(1 for r in records if r.kind == "roi")
             bar.update(len(items))
+
+
+def _worker_context() -> str:
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def _records(

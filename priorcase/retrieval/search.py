@@ -82,7 +82,8 @@ class Searcher:
         index = self.index_for(snapshot, kind, space)
         if vector.shape[-1] != index.vectors.shape[1]:
             raise QueryError(
-                f"query vector has {vector.shape[-1]} dimensions, index has {index.vectors.shape[1]}"
+                f"query vector has {vector.shape[-1]} dimensions, "
+                f"index has {index.vectors.shape[1]}"
             )
         mask = self.allowed_mask(snapshot, where, exclude_group, exclude_ids)
         found = index.search(vector, k, allowed=mask)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,26 @@ class Actions:
         self.pc = pc
         self.classifier = ClassifyPanel(pc)
         self.library = LibraryMap(pc)
+        # The bundled encoder's text aligner is trained on first use (minutes on a big
+        # library): one thread trains it while other text queries wait instead of repeating it.
+        self._text_lock = threading.Lock()
+
+    def warm_up(self, column: str | None = None) -> None:
+        """Build the one-off caches (kNN index, text aligner, classifiers, PCA) ahead of use."""
+        if self.pc.store.count() == 0:
+            return
+        snapshot = self.pc.store.snapshot("image")
+        self.pc.searcher.index_for(snapshot, "image")
+        try:
+            with self._text_lock:
+                self.pc.joint_space()
+        except QueryError:
+            pass  # no labels: text search will say so when asked
+        columns = self.classifier.columns("image")
+        if column in columns and len(snapshot.ids):
+            query = Query("warm-up", snapshot.vectors[0], Image.new("RGB", (1, 1)))
+            self.classify(query, column)
+        self.library.projection("image")
 
     # ------------------------------------------------------------------ queries
     def query_from_upload(self, path: str | Path, name: str | None = None) -> Query:
@@ -172,6 +193,8 @@ class Actions:
         text = (text or "").strip()
         if not text:
             raise QueryError("type a description to search for, e.g. 'dense glandular breast'")
+        with self._text_lock:
+            self.pc.joint_space()  # trained once per table version
         return self.pc.search(text=text, k=int(k), kind=self.kind_arg(kind), where=where)
 
     def parent_of(self, hit: SearchHit) -> SearchHit | None:

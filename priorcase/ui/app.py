@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from priorcase.ui.actions import (
     UploadError,
 )
 from priorcase.ui.classify_panel import DEFAULT_METHODS, METHOD_TITLES, MethodResult
-from priorcase.ui.gallery import decode_thumbnail, detail_markdown, gallery_items
+from priorcase.ui.gallery import decode_thumbnail, detail_markdown, enlarge, gallery_items
 from priorcase.ui.library_view import label_counts, summary_markdown
 from priorcase.ui.overlays import draw_roi
 
@@ -37,9 +38,17 @@ CONCURRENCY_LIMIT = 4
 MAX_ID_CHOICES = 5000
 CSS = """
 #status-box p { font-size: 1.02rem; }
-#status-box .error, .pc-error { color: #b00020; font-weight: 600; }
-#results-gallery .caption-label { white-space: pre-line; font-size: 0.8rem; line-height: 1.25; }
-#results-gallery figcaption, #results-gallery .caption { white-space: pre-line; }
+.pc-error { color: #b00020; font-weight: 600; }
+#results-gallery .grid-wrap { height: auto !important; max-height: none !important; }
+#results-gallery .grid-container { grid-template-rows: none; grid-auto-rows: auto; }
+#results-gallery .thumbnail-item { aspect-ratio: auto; display: flex; flex-direction: column;
+  height: auto; }
+#results-gallery .thumbnail-item > img { height: 170px; width: 100%; object-fit: contain;
+  background: #000; }
+#results-gallery .caption-label { position: static; max-width: 100%; width: 100%;
+  white-space: pre-line; opacity: 1; border: none; border-top: 1px solid
+  var(--border-color-primary); border-radius: 0; font-size: 0.78rem; line-height: 1.3;
+  text-align: left; box-sizing: border-box; }
 .pc-method h4 { margin-bottom: 0.2rem; }
 """
 
@@ -103,8 +112,8 @@ def _method_outputs(results: list[MethodResult]) -> list[Any]:
     return outputs
 
 
-def build_app(pc: PriorCase) -> gr.Blocks:
-    """The whole UI for one library."""
+def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
+    """The whole UI for one library; ``warm_up`` builds slow caches in a background thread."""
     actions = Actions(pc)
     filter_values = actions.filter_columns()
     class_columns = actions.classifier.columns("image")
@@ -113,6 +122,8 @@ def build_app(pc: PriorCase) -> gr.Blocks:
     ids = sorted((pc.store.column_values(label_cols[0], "image") if label_cols else {}).keys())
     default_colour = next((c for c in ("pathology", "tissue") if c in label_cols), None)
     default_colour = default_colour or (label_cols[0] if label_cols else None)
+    default_class = next((c for c in ("pathology", "abnormality") if c in class_columns), None)
+    default_class = default_class or (class_columns[0] if class_columns else None)
     n_images = pc.store.count("image")
     encoder = manifest.encoder_spec if manifest else "none"
 
@@ -139,7 +150,7 @@ def build_app(pc: PriorCase) -> gr.Blocks:
                         file_types=list(UPLOAD_SUFFIXES),
                         type="filepath",
                         elem_id="query-upload",
-                        height=110,
+                        height=160,
                     )
                     with gr.Row():
                         case_id = gr.Dropdown(
@@ -191,7 +202,7 @@ def build_app(pc: PriorCase) -> gr.Blocks:
                     gallery = gr.Gallery(
                         label="Nearest prior cases (click one for details)",
                         columns=5,
-                        height=560,
+                        height="auto",
                         object_fit="contain",
                         allow_preview=False,
                         elem_id="results-gallery",
@@ -202,6 +213,7 @@ def build_app(pc: PriorCase) -> gr.Blocks:
                         )
                         parent_image = gr.Image(
                             label="Lesion on the parent film",
+                            elem_id="parent-overlay",
                             type="pil",
                             interactive=False,
                             height=300,
@@ -218,7 +230,7 @@ def build_app(pc: PriorCase) -> gr.Blocks:
                 with gr.Row():
                     column = gr.Dropdown(
                         class_columns,
-                        value=(class_columns or [None])[0],
+                        value=default_class,
                         label="label to predict",
                         elem_id="class-column",
                     )
@@ -246,9 +258,8 @@ def build_app(pc: PriorCase) -> gr.Blocks:
                             ["image", "roi", ALL_KINDS], value="image", label="kind"
                         )
                         map_button = gr.Button("Draw map", elem_id="draw-map")
-                    plot = gr.Plot(
-                        label="PCA map of the embeddings (★ = current query)", elem_id="library-map"
-                    )
+                    gr.Markdown("#### PCA map of the embeddings (★ = current image query)")
+                    plot = gr.Plot(show_label=False, elem_id="library-map")
 
         # ---------------------------------------------------------------- handlers
         search_outputs = [hits_state, gallery, status, detail_image, parent_image, detail]
@@ -283,16 +294,16 @@ def build_app(pc: PriorCase) -> gr.Blocks:
 
         def on_upload(file, k_, kind_, exclude_, where_, *fvals):
             if not file:
-                return [gr.update()] * 3 + [gr.update()] * len(search_outputs)
+                return [gr.update()] * (4 + len(search_outputs))
             try:
                 query = actions.query_from_upload(file, Path(file).name)
-            except Exception as err:
-                return [None, None, "", *failed(_message(err))]
+            except Exception as err:  # clear the bad file so another can be dropped
+                return [gr.update(value=None), None, None, "", *failed(_message(err))]
             try:
                 found = run_image(query, k_, kind_, exclude_, where_, *fvals)
             except Exception as err:
                 found = failed(_message(err))
-            return [query, query.view, _metadata_markdown(query), *found]
+            return [gr.update(), query, query.view, _metadata_markdown(query), *found]
 
         def on_id(case, k_, kind_, exclude_, where_, *fvals):
             try:
@@ -327,7 +338,7 @@ def build_app(pc: PriorCase) -> gr.Blocks:
             if not hits or index >= len(hits):
                 return None, gr.update(visible=False), ""
             hit = hits[index]
-            image = decode_thumbnail(hit.thumbnail)
+            image = enlarge(decode_thumbnail(hit.thumbnail))
             parent = actions.parent_of(hit) if hit.roi else None
             if parent is not None and hit.roi:
                 overlay = draw_roi(parent.thumbnail, hit.roi, parent.metadata)
@@ -369,8 +380,9 @@ def build_app(pc: PriorCase) -> gr.Blocks:
             (id_button.click, on_id, [case_id, *controls]),
             (case_id.input, on_id, [case_id, *controls]),
         ):
+            outputs = [upload, *query_outputs] if handler is on_upload else query_outputs
             (
-                event(handler, inputs, query_outputs, concurrency_limit=CONCURRENCY_LIMIT)
+                event(handler, inputs, outputs, concurrency_limit=CONCURRENCY_LIMIT)
                 .then(mark("image"), None, last_search)
                 .then(on_classify, classify_inputs, method_outputs)
                 .then(on_map, map_inputs, plot)
@@ -394,7 +406,16 @@ def build_app(pc: PriorCase) -> gr.Blocks:
         demo.load(lambda: (summary_markdown(pc), label_counts(pc)), None, [summary, counts])
 
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=64)
+    if warm_up:
+        threading.Thread(target=_warm, args=(actions, default_class), daemon=True).start()
     return demo
+
+
+def _warm(actions: Actions, column: str | None) -> None:
+    try:
+        actions.warm_up(column)
+    except Exception:  # a warm-up failure only means the first request is slower
+        log.exception("UI warm-up failed")
 
 
 def _is_loopback(host: str) -> bool:
@@ -423,4 +444,4 @@ def serve(
         print(f"warning: serving on {host} without --auth: anyone on the network can search")
     options = launch_options(auth)
     pc.encoder  # noqa: B018 - load the model before the first request, not during it
-    build_app(pc).launch(server_name=host, server_port=port, **options)
+    build_app(pc, warm_up=True).launch(server_name=host, server_port=port, **options)

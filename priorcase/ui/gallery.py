@@ -17,6 +17,7 @@ KEY_METADATA = ("modality", "view_position", "laterality", "study_date", "manufa
 # Label columns that are bookkeeping rather than findings.
 HIDDEN_LABELS = frozenset({"patient_id"})
 PLACEHOLDER_SIZE = 128
+DETAIL_SIZE = 320
 
 
 def decode_thumbnail(data: bytes | None) -> Image.Image:
@@ -28,6 +29,15 @@ def decode_thumbnail(data: bytes | None) -> Image.Image:
         except (OSError, ValueError):
             pass
     return Image.new("RGB", (PLACEHOLDER_SIZE, PLACEHOLDER_SIZE), (60, 60, 60))
+
+
+def enlarge(image: Image.Image, size: int = DETAIL_SIZE) -> Image.Image:
+    """Upscale a small thumbnail (ROI crops are 128 px) so its longer side is ``size``."""
+    scale = size / max(image.size)
+    if scale <= 1:
+        return image
+    new = (round(image.width * scale), round(image.height * scale))
+    return image.resize(new, Image.Resampling.LANCZOS)
 
 
 def label_text(labels: dict[str, str | None], skip: frozenset[str] = HIDDEN_LABELS) -> str:
@@ -51,6 +61,12 @@ def caption(hit: SearchHit, rank: int) -> str:
         head += " · ROI"
     lines = [head, label_text(hit.labels)]
     meta = metadata_text(hit.metadata)
+    if hit.kind == "roi":  # the size is the parent film's: say where the crop lies instead
+        meta = metadata_text(
+            {k: v for k, v in hit.metadata.items() if k not in ("width", "height")}
+        )
+        if hit.roi:
+            meta = " · ".join(filter(None, [meta, f"r {hit.roi[2]} px on {hit.parent_id}"]))
     if meta:
         lines.append(meta)
     return "\n".join(lines)

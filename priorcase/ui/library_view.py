@@ -41,7 +41,7 @@ def summary_markdown(pc: PriorCase) -> str:
         ("table version", str(pc.store.version)),
     ]
     body = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return f"| | |\n|---|---|\n{body}"
+    return f"| property | value |\n|---|---|\n{body}"
 
 
 def label_counts(pc: PriorCase) -> pd.DataFrame:

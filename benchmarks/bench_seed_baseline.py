@@ -1,0 +1,63 @@
+"""The seeds' plain pipeline (frozen features + scikit-learn LogisticRegression, no retrieval)
+against every priorcase method, on the same patient-grouped folds of the MIAS index.
+
+    python benchmarks/bench_seed_baseline.py --db priorcase-data/mias-bundled
+
+The baseline and the methods share ``grouped_folds(y, groups, 5, random_state=0)``, so the
+difference in AUC is the methods' own.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from _common import machine, mias_index
+from sklearn.linear_model import LogisticRegression
+
+from priorcase.evaluation.experiment import cross_validate
+from priorcase.evaluation.metrics import evaluate_probabilities
+from priorcase.evaluation.runner import cross_val_proba
+from priorcase.evaluation.splits import grouped_folds
+from priorcase.library import labelled_set
+
+TASKS = (
+    ("pathology (image)", dict(label="pathology", kind="image")),
+    ("tissue (image)", dict(label="tissue", kind="image")),
+    ("lesion vs normal (ROI)", dict(label="roi_type", kind="roi")),
+    ("benign vs malignant (ROI)", dict(label="severity", kind="roi", where="roi_type = 'lesion'")),
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db", type=Path, default=Path("priorcase-data/mias-bundled"))
+    parser.add_argument("--methods", default="knn,logreg,svm,zeroshot,similarity,ensemble")
+    args = parser.parse_args()
+    pc = mias_index(args.db)
+    methods = args.methods.split(",")
+    print(f"machine: {machine()}; index {args.db} ({pc.encoder.spec})")
+    print(f"{'task':<28}{'method':<12}{'AUC':>7}{'95% CI':>16}{'bal.acc':>9}{'ΔAUC vs seed':>14}")
+    for name, task in TASKS:
+        data = labelled_set(pc, task["label"], task["kind"], task.get("where"))
+        folds = grouped_folds(data.y, data.groups, n_splits=5)
+        proba, classes = cross_val_proba(
+            lambda _: LogisticRegression(max_iter=5000),
+            data.X,
+            data.y,
+            data.groups,
+            folds,
+            progress=False,
+        )
+        seed = evaluate_probabilities(data.y, proba, classes, "seed", groups=data.groups)
+        rows = [seed, *cross_validate(pc, methods=methods, progress=False, **task).results]
+        for r in rows:
+            delta = "" if r is seed else f"{(r.auc or 0) - (seed.auc or 0):+.3f}"
+            ci = f"[{r.auc_ci[0]:.3f}, {r.auc_ci[1]:.3f}]"
+            print(
+                f"{name:<28}{r.method:<12}{r.auc:>7.3f}{ci:>16}{r.balanced_accuracy:>9.3f}{delta:>14}"
+            )
+
+
+if __name__ == "__main__":
+    main()

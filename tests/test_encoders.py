@@ -1,0 +1,138 @@
+"""Encoders: bundled towers, tiny open_clip models, spec errors, default fallback."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures import TINY_SPEC, pattern
+from PIL import Image
+
+from priorcase.encoders import create_default_encoder, create_encoder
+from priorcase.encoders.bundled import (
+    LITE0_PREPROCESS,
+    _lite0_weights_path,
+    _minilm_path,
+    build_lite0_backbone,
+)
+from priorcase.encoders.preprocess import preprocess_pixels
+from priorcase.errors import EncoderSpecError
+
+
+def _unit_float32(x: np.ndarray, dim: int) -> None:
+    assert x.dtype == np.float32 and x.shape[-1] == dim
+    np.testing.assert_allclose(np.linalg.norm(x, axis=-1), 1.0, atol=1e-5)
+
+
+def test_bundled_dimensions_and_normalisation(bundled) -> None:
+    images = bundled.embed_pixels([pattern(1), pattern(2, size=80), pattern(1)])
+    _unit_float32(images, 1280)
+    assert images.shape == (3, 1280) and bundled.dim == 1280
+    np.testing.assert_array_equal(images[0], images[2])  # same image, same vector
+    assert float(images[0] @ images[1]) < 0.999
+    texts = bundled.embed_texts(["dense breast", "fatty breast", "dense breast"])
+    _unit_float32(texts, 384)
+    assert bundled.text_dim == 384 and not bundled.aligned
+    np.testing.assert_allclose(texts[0], texts[2], atol=1e-6)
+    # the same image in a later call, and in a batch of one, gives the same vector
+    np.testing.assert_allclose(bundled.embed_pixels([pattern(1)])[0], images[0], atol=1e-5)
+    rgb = np.repeat(pattern(1)[..., None], 3, axis=2)
+    np.testing.assert_allclose(bundled.embed_pixels([rgb])[0], images[0], atol=1e-5)
+
+
+def test_bundled_weights_hash_is_the_files_digest(bundled) -> None:
+    digest = hashlib.sha256()
+    for path in (_lite0_weights_path(), _minilm_path() / "model.safetensors"):
+        digest.update(path.read_bytes())
+    assert bundled.weights_hash() == digest.hexdigest()
+    described = bundled.describe()
+    assert described["spec"] == "bundled" and described["dim"] == 1280
+    assert described["weights_sha256"] == digest.hexdigest()
+    assert described["preprocess"]["image_size"] == 224
+
+
+def test_efficientnet_imagenet_weights_are_really_loaded() -> None:
+    """The full classifier calls scikit-learn's sample flower a daisy (ImageNet class 985)."""
+    from sklearn.datasets import load_sample_image
+
+    flower = Image.fromarray(load_sample_image("flower.jpg"))
+    w, h = flower.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    square = np.asarray(flower.crop((left, top, left + side, top + side)))
+    model = build_lite0_backbone(with_classifier=True)
+    with torch.inference_mode():
+        probs = model(preprocess_pixels(square, LITE0_PREPROCESS)[None]).softmax(-1)[0]
+    assert int(probs.argmax()) == 985  # daisy
+    assert float(probs.max()) > 0.1  # random weights would give about 1/1000
+    backbone = build_lite0_backbone()
+    assert backbone.num_classes == 0 and backbone.num_features == 1280
+
+
+def test_tiny_openclip_random_and_checkpoint(tiny_clip, tiny_checkpoint: Path) -> None:
+    assert tiny_clip.spec == TINY_SPEC and tiny_clip.aligned
+    assert tiny_clip.dim == tiny_clip.text_dim == 32
+    images = tiny_clip.embed_pixels([pattern(3), pattern(4)])
+    _unit_float32(images, 32)
+    texts = tiny_clip.embed_texts(["benign mass", "normal"])
+    _unit_float32(texts, 32)
+    # random weights are seeded: a second model hashes and embeds the same
+    again = create_encoder(TINY_SPEC, "cpu")
+    assert again.weights_hash() == tiny_clip.weights_hash()
+    np.testing.assert_allclose(again.embed_pixels([pattern(3)])[0], images[0], atol=1e-6)
+
+    loaded = create_encoder(f"{TINY_SPEC}@{tiny_checkpoint}", "cpu")
+    assert loaded.spec == f"{TINY_SPEC}@{tiny_checkpoint}"
+    assert loaded.weights_hash() == tiny_clip.weights_hash()
+    np.testing.assert_allclose(loaded.embed_pixels([pattern(3)])[0], images[0], atol=1e-6)
+
+    # a checkpoint with other weights is another encoder
+    state = {k: v.clone() for k, v in tiny_clip.model.state_dict().items()}
+    state["visual.proj"] = state["visual.proj"] * -1.0
+    other_path = tiny_checkpoint.parent / "other.pt"
+    torch.save(state, other_path)
+    other = create_encoder(f"{TINY_SPEC}@{other_path}", "cpu")
+    assert other.weights_hash() != tiny_clip.weights_hash()
+    np.testing.assert_allclose(other.embed_pixels([pattern(3)])[0], -images[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("openclip:NoSuchNet-B-99", "unknown open_clip architecture 'NoSuchNet-B-99'"),
+        (f"{TINY_SPEC}/laion9000", "unknown pretrained tag 'laion9000'"),
+        ("openclip:ViT-B-32/not-a-tag", "known: openai"),
+        (f"{TINY_SPEC}@/nonexistent/weights.pt", "checkpoint file not found"),
+        ("openclip:", "needs an architecture"),
+        ("bundled:large", "takes no options"),
+        ("clip-vit", "unknown encoder spec 'clip-vit'"),
+    ],
+)
+def test_bad_specs_are_encoder_spec_errors(tiny_arch: str, spec: str, message: str) -> None:
+    with pytest.raises(EncoderSpecError) as err:
+        create_encoder(spec, "cpu")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_corrupt_checkpoint_is_an_encoder_spec_error(tiny_arch: str, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a torch checkpoint")
+    with pytest.raises(EncoderSpecError, match="cannot load open_clip model"):
+        create_encoder(f"{TINY_SPEC}@{bad}", "cpu")
+
+
+def test_default_encoder_falls_back_to_bundled_offline(bundled) -> None:
+    notes: list[str] = []
+    started = time.perf_counter()
+    encoder = create_default_encoder("cpu", notify=notes.append)
+    seconds = time.perf_counter() - started
+    if encoder.spec != "bundled":
+        pytest.skip("the default open_clip weights are cached here: nothing to fall back from")
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert "openclip:ViT-B-32/openai unavailable" in notes[0] and "'bundled'" in notes[0]
+    assert seconds < 30, f"fallback took {seconds:.1f} s (a download attempt hung?)"
+    assert encoder.weights_hash() == bundled.weights_hash()

@@ -1,0 +1,256 @@
+"""End-to-end UI tests in headless Chromium against a small real MIAS index.
+
+Screenshots of the main views land in ``test-artifacts/ui/`` at the repository root.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "ui"
+# First ten films (benign and normal, fatty to dense, some with lesion ROIs) plus two malignant.
+FILMS = [f"mdb{n:03d}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)] + ["mdb028", "mdb058"]
+QUERY = "mdb003"
+TIMEOUT_MS = 30_000
+AUTH = "radiologist:s3cret-pass"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if not CHROMIUM.exists():
+    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, mias, bundled):
+    """A 12-film index (whole images + lesion ROIs) built with the bundled encoder."""
+    import priorcase
+
+    tmp = tmp_path_factory.mktemp("ui-library")
+    files = [mias.images / f"{name}.png" for name in FILMS]
+    files = [f for f in files if f.exists()]
+    if len(files) < 8:
+        pytest.skip("too few MIAS films found")
+    ids = {f.stem for f in files}
+    labels = tmp / "labels.csv"
+    with open(mias.labels, newline="") as src, open(labels, "w", newline="") as dst:
+        reader = csv.DictReader(src)
+        writer = csv.DictWriter(dst, fieldnames=reader.fieldnames or [])
+        writer.writeheader()
+        for row in reader:
+            if row["image_id"] in ids:  # paths in the CSV are relative to its folder
+                writer.writerow({**row, "file": str(mias.root / row["file"])})
+    pc = priorcase.open(tmp / "db", encoder=bundled)
+    report = pc.ingest(files, labels=labels, findings=mias.findings, progress=False, workers=0)
+    assert report.stored_images == len(files), report.summary()
+    return pc, {f.stem: f for f in files}
+
+
+def _launch(pc, auth: str | None = None):
+    from priorcase.ui.app import build_app, launch_options
+
+    demo = build_app(pc)
+    port = _free_port()
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch_options(auth),
+    )
+    return demo, f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def server(library):
+    demo, url = _launch(library[0])
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+def _open(page, url: str) -> None:
+    page.goto(url)
+    page.locator("#query-upload").wait_for()
+
+
+def _captions(page) -> list[str]:
+    return page.locator("#results-gallery .caption-label").all_inner_texts()
+
+
+def _wait_status(page, text: str) -> None:
+    page.locator("#status-box").get_by_text(text).first.wait_for()
+
+
+def test_image_query_finds_the_same_case(page, server, library):
+    _, files = library
+    _open(page, server)
+    page.locator("#query-upload input[type=file]").set_input_files(str(files[QUERY]))
+    _wait_status(page, "nearest cases to")
+    page.wait_for_function(
+        "document.querySelectorAll('#results-gallery .caption-label').length > 0"
+    )
+    captions = _captions(page)
+    assert captions[0].startswith(f"#1 {QUERY}"), captions
+    assert "sim 1.000" in captions[0]  # the same file: cosine 1
+    assert "tissue D" in captions[0] and "pathology normal" in captions[0], captions[0]
+    assert "already in the library" in page.locator("#status-box").inner_text()
+    page.locator("#query-view img").wait_for()  # what the model saw
+    # details of the best hit
+    page.locator("#results-gallery .gallery-item").first.click()
+    page.locator("#case-detail").get_by_text("similarity (cosine)").wait_for()
+    assert "label: pathology" in page.locator("#case-detail").inner_text()
+    _shot(page, "search-results")
+
+    # the classification panel was filled by the same query
+    page.get_by_role("tab", name="Classification").click()
+    page.locator("#explain-knn").get_by_text("nearest cases are").wait_for()
+    assert "same patient excluded" in page.locator("#explain-knn").inner_text()
+    page.locator("#explain-zeroshot").get_by_text("closest prompt").wait_for()
+    page.locator("#explain-logreg").get_by_text("logistic regression").wait_for()
+    _shot(page, "classification")
+
+    # the library tab maps the query
+    page.get_by_role("tab", name="Library").click()
+    page.locator("#library-summary").get_by_text("bundled").first.wait_for()
+    page.locator("#library-map img").first.wait_for()
+    _shot(page, "library-map")
+
+
+def test_exclude_same_patient_and_filters(page, server, library):
+    _, files = library
+    _open(page, server)
+    page.locator("#query-upload input[type=file]").set_input_files(str(files[QUERY]))
+    _wait_status(page, "nearest cases to")
+    page.get_by_label("exclude same patient").check()
+    page.locator("#where textarea").fill("pathology = 'benign'")
+    page.get_by_role("button", name="Apply to last search").click()
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results-gallery .caption-label')]"
+        ".every(e => e.innerText.includes('pathology benign'))"
+    )
+    captions = _captions(page)
+    assert captions and not any(c.startswith(f"#1 {QUERY}") for c in captions)
+    # lesion ROIs: the crop, plus its place on the parent film
+    page.locator("#where textarea").fill("")
+    page.get_by_label("roi", exact=True).check()
+    page.get_by_role("button", name="Apply to last search").click()
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results-gallery .caption-label')]"
+        ".some(e => e.innerText.includes('ROI'))"
+    )
+    page.locator("#results-gallery .gallery-item").first.click()
+    page.locator("#parent-overlay img").wait_for()
+    assert "parent film" in page.locator("#case-detail").inner_text()
+    _shot(page, "roi-detail")
+    # a broken SQL filter is a readable message, not a traceback
+    page.locator("#where textarea").fill("pathology = = 'x'")
+    page.get_by_role("button", name="Apply to last search").click()
+    _wait_status(page, "invalid --where")
+    assert "Traceback" not in page.content()
+
+
+def test_text_query(page, server):
+    _open(page, server)
+    page.locator("#text-query textarea").fill("dense glandular breast")
+    page.locator("#text-search").click()
+    _wait_status(page, "matching the description")
+    page.wait_for_function(
+        "document.querySelectorAll('#results-gallery .caption-label').length > 0"
+    )
+    captions = _captions(page)
+    assert captions[0].startswith("#1 mdb") and "sim " in captions[0]
+    _shot(page, "text-search")
+
+
+def test_bad_uploads_show_a_clear_error(page, server, library, tmp_path):
+    _, files = library
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(files[QUERY].read_bytes()[:3000])
+    _open(page, server)
+    page.locator("#query-upload input[type=file]").set_input_files(str(truncated))
+    _wait_status(page, "Could not read 'truncated.png'")
+    status = page.locator("#status-box").inner_text()
+    assert "truncated or corrupt" in status, status
+    assert "Traceback" not in page.content()
+    assert str(tmp_path) not in status  # server paths stay private
+    _shot(page, "error-corrupt-upload")
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    page.locator("#query-upload input[type=file]").set_input_files(str(notes))
+    page.get_by_text("Invalid file type").or_(
+        page.get_by_text("not a supported image type")
+    ).first.wait_for()
+    assert "Traceback" not in page.content()
+
+
+def test_basic_auth(page, library):
+    demo, url = _launch(library[0], auth=AUTH)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "config", timeout=10)
+        assert refused.value.code == 401
+        page.goto(url)
+        page.locator("input[type=password]").wait_for()
+        assert page.locator("#query-upload").count() == 0
+        user, password = AUTH.split(":", 1)
+        page.locator("input:not([type=password])").first.fill(user)
+        page.locator("input[type=password]").fill(password + "-wrong")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("Incorrect Credentials").first.wait_for()
+        page.locator("input:not([type=password])").first.fill(user)
+        page.locator("input[type=password]").fill(password)
+        page.get_by_role("button", name="Login").click()
+        page.locator("#query-upload").wait_for()
+    finally:
+        demo.close()
