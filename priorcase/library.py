@@ -12,7 +12,7 @@ import numpy as np
 from priorcase.classifiers import make_classifier
 from priorcase.classifiers.joint_space import JointSpace
 from priorcase.classifiers.prompts import MAMMOGRAPHY_TEMPLATES, class_prompts
-from priorcase.errors import EncoderMismatchError, QueryError
+from priorcase.errors import EncoderMismatchError, PriorcaseError, QueryError
 from priorcase.evaluation.binarize import binarize_labels, binary_label_names
 from priorcase.records import SearchHit
 
@@ -104,7 +104,7 @@ def build_classifier(
     if method in TEXT_METHODS:
         return make_classifier(method, space, data.label, prompts=prompts_for_set(data))
     if method == "knn":
-        return make_classifier("knn", k=knn_k)
+        return make_classifier("knn", k=knn_k, exclude_same_group=True)
     if method == "ensemble":
         return make_classifier("ensemble", space, data.label)
     return make_classifier(method)
@@ -112,11 +112,12 @@ def build_classifier(
 
 @dataclass
 class MethodPrediction:
-    """One method's probabilities for one query, with a one-line reason."""
+    """One method's probabilities for one query, with a one-line reason (or why it failed)."""
 
     method: str
-    probabilities: dict[str, float]
-    explanation: str
+    probabilities: dict[str, float] = field(default_factory=dict)
+    explanation: str = ""
+    error: str | None = None
 
 
 @dataclass
@@ -136,6 +137,27 @@ class Classification:
             ],
             "neighbours": [h.to_json() for h in self.neighbours],
         }
+
+
+def _explain(
+    method: str, model: Any, data: LabelledSet, query: np.ndarray, query_id: str | None
+) -> str:
+    """One line saying why a (non-kNN) method answers as it does."""
+    if method in TEXT_METHODS:
+        scores = model.decision_function(query)[0]
+        best = int(np.argmax(scores))
+        prompt = model.prompts_[str(model.classes_[best])][0]
+        if method == "zeroshot":
+            return f'closest prompt: "{prompt}" (cosine {scores[best]:.2f})'
+        return f'trained prompt-similarity head favours "{prompt}"'
+    proba = model.predict_proba(query)[0]
+    top = model.classes_[int(np.argmax(proba))]
+    how = f"C={model.best_params_['C']:g}, " if hasattr(model, "best_params_") else ""
+    name = {"logreg": "logistic regression", "svm": "SVM"}.get(method, method)
+    line = f"{name} on {len(data.y)} labelled cases ({how}grouped CV) favours {top}"
+    if query_id is not None and query_id in set(data.ids.tolist()):
+        line += "; this case was in its training set"
+    return line
 
 
 class LibraryClassifiers:
@@ -175,32 +197,43 @@ class LibraryClassifiers:
         methods: tuple[str, ...] = ("knn", "logreg", "zeroshot"),
         kind: str = "image",
         k: int = 10,
+        exclude_group: str | None = None,
+        query_id: str | None = None,
     ) -> Classification:
-        """Probabilities per method for one image-space vector."""
+        """Probabilities per method for one image-space vector.
+
+        ``exclude_group`` (the query's patient) keeps that patient's cases out of the kNN vote;
+        ``query_id`` names a stored query, flagged where a trained head has seen it. A method
+        that fails (e.g. text prompts without labels) reports its error and the others go on.
+        """
         query = np.asarray(vector, dtype=np.float32)[None, :]
-        predictions: list[MethodPrediction] = []
-        neighbours: list[SearchHit] = []
+        groups = None if exclude_group is None else np.array([exclude_group], dtype=object)
+        result = Classification(label, [])
         for method in methods:
-            model, data = self.fitted(method, label, kind, k)
-            proba = model.predict_proba(query)[0]
-            probabilities = {str(c): float(p) for c, p in zip(model.classes_, proba, strict=True)}
-            best = max(probabilities, key=probabilities.get)
-            if method == "knn":
-                explanation = model.explain(query)[0]
-                positions, scores = model.kneighbors(query)
-                valid = positions[0] >= 0
-                neighbours = self.pc.store.hits(
-                    [str(data.ids[p]) for p in positions[0][valid]],
-                    [float(s) for s in scores[0][valid]],
-                )
-            elif method in TEXT_METHODS:
-                explanation = f"image is closest to the text prompts for {best!r}"
-            else:
-                explanation = (
-                    f"{method} head trained on {len(data.y)} labelled cases favours {best!r}"
-                )
-            predictions.append(MethodPrediction(method, probabilities, explanation))
-        return Classification(label, predictions, neighbours)
+            prediction = MethodPrediction(method)
+            try:
+                model, data = self.fitted(method, label, kind, k)
+                if method == "knn":
+                    proba = model.predict_proba(query, groups)[0]
+                    prediction.explanation = model.explain(query, groups)[0]
+                    if groups is not None:
+                        prediction.explanation += " (same patient excluded)"
+                    positions, scores = model.kneighbors(query, groups)
+                    valid = positions[0] >= 0
+                    result.neighbours = self.pc.store.hits(
+                        [str(data.ids[p]) for p in positions[0][valid]],
+                        [float(s) for s in scores[0][valid]],
+                    )
+                else:
+                    proba = model.predict_proba(query)[0]
+                    prediction.explanation = _explain(method, model, data, query, query_id)
+                prediction.probabilities = {
+                    str(c): float(p) for c, p in zip(model.classes_, proba, strict=True)
+                }
+            except (PriorcaseError, ValueError) as err:
+                prediction.error = str(err).splitlines()[0] if str(err) else type(err).__name__
+            result.predictions.append(prediction)
+        return result
 
     def _path(self, method: str, label: str, kind: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)

@@ -55,7 +55,8 @@ class ContrastiveAligner:
     """Learns a joint space from (image embedding, report text) pairs; a ``JointSpace``.
 
     ``embed_texts`` is the frozen text tower (list of str -> (n, d_txt) array). Training runs
-    ``epochs`` passes of shuffled minibatches with AdamW, deterministic given ``random_state``.
+    ``epochs`` passes (at most ``max_steps`` optimiser steps) of shuffled minibatches with
+    AdamW, deterministic given ``random_state``.
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class ContrastiveAligner:
         hidden: int | None = None,
         init_temperature: float = 0.07,
         random_state: int = 0,
+        max_steps: int = 1500,
     ) -> None:
         self.embed_texts = embed_texts
         self.dim = dim
@@ -79,9 +81,19 @@ class ContrastiveAligner:
         self.hidden = hidden
         self.init_temperature = init_temperature
         self.random_state = random_state
+        self.max_steps = max_steps
 
     def _config(self) -> dict[str, Any]:
-        keys = ("dim", "epochs", "batch_size", "lr", "weight_decay", "hidden", "init_temperature")
+        keys = (
+            "dim",
+            "epochs",
+            "batch_size",
+            "lr",
+            "weight_decay",
+            "hidden",
+            "init_temperature",
+            "max_steps",
+        )
         return {k: getattr(self, k) for k in keys} | {"random_state": self.random_state}
 
     def _build(self, d_img: int, d_txt: int) -> None:
@@ -113,7 +125,9 @@ class ContrastiveAligner:
         gen = torch.Generator().manual_seed(self.random_state)
         self.history_: list[float] = []
         n, bs = len(X), max(2, min(self.batch_size, len(X)))
-        for _ in range(self.epochs):
+        # Large libraries converge in fewer passes: bound the optimiser steps, not the epochs.
+        epochs = min(self.epochs, max(1, self.max_steps // max(1, (n - 1) // bs + 1)))
+        for _ in range(epochs):
             order = torch.randperm(n, generator=gen)
             for start in range(0, n - 1, bs):
                 batch = order[start : start + bs]

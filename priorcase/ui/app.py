@@ -17,6 +17,7 @@ import gradio as gr
 
 from priorcase.api import PriorCase
 from priorcase.errors import PriorcaseError
+from priorcase.library import MethodPrediction
 from priorcase.records import SearchHit
 from priorcase.ui.actions import (
     ALL_KINDS,
@@ -27,7 +28,7 @@ from priorcase.ui.actions import (
     Query,
     UploadError,
 )
-from priorcase.ui.classify_panel import DEFAULT_METHODS, METHOD_TITLES, MethodResult
+from priorcase.ui.classify_panel import DEFAULT_METHODS, METHOD_TITLES
 from priorcase.ui.gallery import decode_thumbnail, detail_markdown, enlarge, gallery_items
 from priorcase.ui.library_view import label_counts, summary_markdown
 from priorcase.ui.overlays import draw_roi
@@ -98,7 +99,7 @@ def _metadata_markdown(query: Query) -> str:
     return f"| field | value |\n|---|---|\n{rows}{note}"
 
 
-def _method_outputs(results: list[MethodResult]) -> list[Any]:
+def _method_outputs(results: list[MethodPrediction]) -> list[Any]:
     by_method = {r.method: r for r in results}
     outputs: list[Any] = []
     for method in DEFAULT_METHODS:
