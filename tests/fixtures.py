@@ -69,9 +69,11 @@ def write_dicom(
     path: Path,
     pixels: np.ndarray | None,
     transfer_syntax: str = ExplicitVRLittleEndian,
+    *,
+    photometric: str = "MONOCHROME2",
     **tags: object,
 ) -> Path:
-    """A minimal single-frame MONOCHROME2 secondary-capture DICOM file."""
+    """A minimal single-frame secondary-capture DICOM file (grey, signed or RGB pixels)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -82,11 +84,13 @@ def write_dicom(
     ds.Modality = "MG"
     if pixels is not None:
         ds.Rows, ds.Columns = pixels.shape[:2]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
+        if pixels.ndim == 3:
+            ds.PlanarConfiguration = 0
+        ds.PhotometricInterpretation = photometric
         bits = pixels.dtype.itemsize * 8
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
-        ds.PixelRepresentation = 0
+        ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
         ds.PixelData = pixels.tobytes()
     for key, value in tags.items():
         setattr(ds, key, value)

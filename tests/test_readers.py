@@ -8,15 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import write_dicom
 from PIL import Image
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
     MPEG2MPML,
-    ExplicitVRLittleEndian,
     JPEGLSLossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
 from priorcase.errors import ImageReadError
@@ -34,40 +31,6 @@ PSEUDO = Pseudonymizer(b"test-salt")
 
 def _gradient(h: int = 12, w: int = 16, hi: int = 255, dtype: type = np.uint8) -> np.ndarray:
     return np.linspace(0, hi, h * w).reshape(h, w).astype(dtype)
-
-
-def _dicom(
-    path: Path,
-    pixels: np.ndarray | None,
-    *,
-    photometric: str = "MONOCHROME2",
-    preamble: bool = True,
-    transfer_syntax: str = ExplicitVRLittleEndian,
-    **tags: object,
-) -> Path:
-    """Write a minimal single-frame secondary-capture DICOM file."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = FileDataset(str(path), Dataset(), file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MG"
-    if pixels is not None:
-        ds.Rows, ds.Columns = pixels.shape[:2]
-        ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
-        if pixels.ndim == 3:
-            ds.PlanarConfiguration = 0
-        ds.PhotometricInterpretation = photometric
-        bits = pixels.dtype.itemsize * 8
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
-        ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
-        ds.PixelData = pixels.tobytes()
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 # ---------------------------------------------------------------- Pillow formats
@@ -136,7 +99,7 @@ def test_to_rgb_pil_replicates_gray(tmp_path: Path) -> None:
 
 def test_dicom_monochrome2_window(tmp_path: Path) -> None:
     arr = _gradient(hi=4095, dtype=np.uint16)
-    path = _dicom(
+    path = write_dicom(
         tmp_path / "w.dcm",
         arr,
         BitsStored=12,
@@ -171,7 +134,7 @@ def test_dicom_monochrome2_window(tmp_path: Path) -> None:
 
 def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
     arr = _gradient(hi=1000, dtype=np.uint16)
-    path = _dicom(tmp_path / "m1.dcm", arr, photometric="MONOCHROME1")
+    path = write_dicom(tmp_path / "m1.dcm", arr, photometric="MONOCHROME1")
     px = read_image(path, PSEUDO).pixels
     assert px.flat[int(arr.argmax())] == 0  # brightest stored value becomes darkest
     assert px.flat[int(arr.argmin())] == 255
@@ -179,7 +142,7 @@ def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
 
 def test_dicom_signed_with_rescale(tmp_path: Path) -> None:
     arr = _gradient(hi=2000, dtype=np.int16) - 1000  # -1000..1000 stored
-    path = _dicom(tmp_path / "ct.dcm", arr, RescaleSlope=2, RescaleIntercept=-24)
+    path = write_dicom(tmp_path / "ct.dcm", arr, RescaleSlope=2, RescaleIntercept=-24)
     px = read_image(path, PSEUDO).pixels
     assert px.dtype == np.uint8
     assert px.flat[int(arr.argmin())] == 0 and px.flat[int(arr.argmax())] == 255
@@ -187,24 +150,24 @@ def test_dicom_signed_with_rescale(tmp_path: Path) -> None:
 
 
 def test_dicom_8bit_and_rgb(tmp_path: Path) -> None:
-    gray = _dicom(tmp_path / "g8.dcm", _gradient(hi=100))
+    gray = write_dicom(tmp_path / "g8.dcm", _gradient(hi=100))
     px = read_image(gray, PSEUDO).pixels
     assert px.shape == (12, 16) and px.max() == 255  # min–max without a window
     rgb_arr = np.zeros((6, 7, 3), np.uint8)
     rgb_arr[..., 2] = 180
-    rgb = _dicom(tmp_path / "rgb.dcm", rgb_arr, photometric="RGB")
+    rgb = write_dicom(tmp_path / "rgb.dcm", rgb_arr, photometric="RGB")
     np.testing.assert_array_equal(read_image(rgb, PSEUDO).pixels, rgb_arr)
 
 
 def test_dicom_multiframe_refused(tmp_path: Path) -> None:
     frames = np.stack([_gradient(), _gradient()])
-    path = _dicom(tmp_path / "mf.dcm", frames[0], NumberOfFrames=2)
+    path = write_dicom(tmp_path / "mf.dcm", frames[0], NumberOfFrames=2)
     with pytest.raises(ImageReadError, match=r"multi-frame DICOM \(2 frames\) is not supported"):
         read_image(path, PSEUDO)
 
 
 def test_dicom_without_pixels_refused(tmp_path: Path) -> None:
-    path = _dicom(tmp_path / "sr.dcm", None)
+    path = write_dicom(tmp_path / "sr.dcm", None)
     with pytest.raises(ImageReadError, match="DICOM has no pixel data") as err:
         read_image(path, PSEUDO)
     assert "sr.dcm" in str(err.value)
@@ -216,7 +179,7 @@ def test_dicom_without_pixels_refused(tmp_path: Path) -> None:
 def test_dicom_undecodable_compression(tmp_path: Path, syntax: str, name: str) -> None:
     # A bogus payload: fails whether or not a plugin for the syntax is installed, and the
     # message must say which transfer syntax (and, if unsupported, what to install).
-    path = _dicom(
+    path = write_dicom(
         tmp_path / "bad.dcm",
         _gradient(dtype=np.uint8),
         transfer_syntax=syntax,
@@ -231,7 +194,7 @@ def test_dicom_undecodable_compression(tmp_path: Path, syntax: str, name: str) -
 
 
 def test_extensionless_dicom_by_magic(tmp_path: Path) -> None:
-    path = _dicom(tmp_path / "IM000001", _gradient(hi=1000, dtype=np.uint16))
+    path = write_dicom(tmp_path / "IM000001", _gradient(hi=1000, dtype=np.uint16))
     img = read_image(path, PSEUDO)
     assert img.pixels.shape == (12, 16) and img.metadata["modality"] == "MG"
 
@@ -242,7 +205,7 @@ def test_dicom_patient_identifiers_never_leak(tmp_path: Path) -> None:
         "PatientID": "MRN-778899",
         "PatientBirthDate": "19610203",
     }
-    path = _dicom(tmp_path / "p.dcm", _gradient(), AccessionNumber="ACC123", **secrets)
+    path = write_dicom(tmp_path / "p.dcm", _gradient(), AccessionNumber="ACC123", **secrets)
     img = read_image(path, PSEUDO)
     blob = repr(img.metadata) + repr(img.patient)
     for value in [*secrets.values(), "Doe", "Jane", "778899", "ACC123"]:
@@ -253,9 +216,9 @@ def test_dicom_patient_identifiers_never_leak(tmp_path: Path) -> None:
 
 
 def test_dicom_patient_falls_back_to_name(tmp_path: Path) -> None:
-    path = _dicom(tmp_path / "n.dcm", _gradient(), PatientName="Roe^Rick")
+    path = write_dicom(tmp_path / "n.dcm", _gradient(), PatientName="Roe^Rick")
     assert read_image(path, PSEUDO).patient == PSEUDO("Roe^Rick")
-    no_patient = _dicom(tmp_path / "none.dcm", _gradient())
+    no_patient = write_dicom(tmp_path / "none.dcm", _gradient())
     assert read_image(no_patient, PSEUDO).patient is None
 
 
@@ -305,7 +268,7 @@ def test_iter_image_files(tmp_path: Path) -> None:
     Image.fromarray(_gradient()).save(tmp_path / ".dot.png")
     (tmp_path / "readme.txt").write_text("x")
     (tmp_path / "noext").write_text("not dicom")
-    _dicom(tmp_path / "sub" / "IM0001", _gradient())
+    write_dicom(tmp_path / "sub" / "IM0001", _gradient())
     found = iter_image_files([tmp_path])
     assert found == [tmp_path / "a.jpg", tmp_path / "sub" / "IM0001", tmp_path / "sub" / "b.PNG"]
     # Explicit files are kept (and reported later if bad); duplicates removed.

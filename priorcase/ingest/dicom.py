@@ -125,7 +125,7 @@ def _mono_to_uint8(raw: np.ndarray, ds: Dataset, *, invert: bool) -> np.ndarray:
         except (ValueError, TypeError, IndexError, KeyError):
             out_range = None  # broken window in the header: fall back to min–max
     lo, hi = out_range if out_range is not None else (None, None)
-    pixels = _scale(arr, lo, hi)
+    pixels = scale_to_uint8(arr, lo, hi)
     return 255 - pixels if invert else pixels
 
 
@@ -140,7 +140,7 @@ def _colour_to_uint8(raw: np.ndarray, ds: Dataset, photometric: str) -> np.ndarr
         raise ValueError(f"expected an HxWx3 colour frame, got shape {raw.shape}")
     if raw.dtype == np.uint8:
         return np.ascontiguousarray(raw)
-    return _scale(raw, 0.0, float(2**bits - 1))
+    return scale_to_uint8(raw, 0.0, float(2**bits - 1))
 
 
 def _voi_output_range(ds: Dataset) -> tuple[float, float] | None:
@@ -167,7 +167,7 @@ def _voi_output_range(ds: Dataset) -> tuple[float, float] | None:
     return min(lo, hi), max(lo, hi)
 
 
-def _scale(arr: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
+def scale_to_uint8(arr: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
     """Linearly map [lo, hi] (default: the array's min–max) to uint8."""
     arr = np.asarray(arr, dtype=np.float64)
     finite = arr[np.isfinite(arr)]

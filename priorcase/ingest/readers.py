@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from priorcase.errors import ImageReadError
-from priorcase.ingest.dicom import read_dicom
+from priorcase.ingest.dicom import read_dicom, scale_to_uint8
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.records import LoadedImage
 
@@ -97,14 +97,7 @@ def _minmax_uint8(arr: np.ndarray) -> np.ndarray:
     arr = np.asarray(arr, dtype=np.float64)
     if arr.ndim == 3:  # e.g. "I;16" read with a trailing singleton channel
         arr = arr[..., 0]
-    finite = arr[np.isfinite(arr)]
-    if finite.size == 0:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    lo, hi = float(finite.min()), float(finite.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    out = (np.nan_to_num(arr, nan=lo) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return scale_to_uint8(arr, None, None)
 
 
 def iter_image_files(paths: Iterable[Path]) -> list[Path]:
