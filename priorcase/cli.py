@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", default="patient_id", help="grouping column (default patient_id)")
     p.add_argument("--encoder", help="encoder spec, e.g. bundled or openclip:ViT-B-32/openai")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, help="DataLoader workers (default min(4, CPUs))")
+    p.add_argument("--workers", type=int, help="DataLoader workers (default: CPUs - 2, at most 4)")
     p.add_argument(
         "--normal-rois",
         type=int,

@@ -39,7 +39,7 @@ class IngestOptions:
     findings: Path | None = None
     group: str = PATIENT_COLUMN
     batch_size: int = 32
-    workers: int | None = None  # default: min(4, CPU count)
+    workers: int | None = None  # default: default_workers()
     normal_rois: int = 0  # normal-tissue ROIs sampled per image with no findings
     normal_roi_radius: int = 48
     progress: bool = True
@@ -235,7 +235,7 @@ def _embed_and_store(
     options: IngestOptions,
     report: IngestReport,
 ) -> None:
-    workers = options.workers if options.workers is not None else min(4, os.cpu_count() or 1)
+    workers = options.workers if options.workers is not None else default_workers()
     loader = DataLoader(
         _FileDataset(tasks, encoder.preprocess_cfg, pseudonymize),
         batch_size=options.batch_size,
@@ -261,6 +261,12 @@ def _embed_and_store(
             report.stored_images += sum(1 for r in records if r.kind == "image")
             report.stored_rois += sum(1 for r in records if r.kind == "roi")
             bar.update(len(items))
+
+
+def default_workers() -> int:
+    """Decoding workers beside the model: none on 2 cores, where the model needs both
+    (measured with benchmarks/bench_ingest.py: 2 workers ran at 0.74x of none), up to 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 2))
 
 
 def _worker_context() -> str:
