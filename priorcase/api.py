@@ -15,7 +15,7 @@ from priorcase.errors import EncoderMismatchError, QueryError
 from priorcase.index.store import CaseStore
 from priorcase.ingest.pipeline import ROI_TYPE, IngestOptions, ingest
 from priorcase.ingest.pseudonym import Pseudonymizer
-from priorcase.ingest.readers import read_image
+from priorcase.ingest.readers import file_sha256, read_image
 from priorcase.library import Classification, LibraryClassifiers
 from priorcase.records import IngestReport, LoadedImage, SearchHit
 from priorcase.retrieval.search import Searcher
@@ -114,8 +114,16 @@ class PriorCase:
         else:
             loaded = image if isinstance(image, LoadedImage) else self.read(image)  # type: ignore[arg-type]
             vector = self.embed(loaded)
-            exclude_group = loaded.patient if exclude_same_patient else None
+            if exclude_same_patient:
+                exclude_group = self.query_group(loaded)
         return self.searcher.search(vector, k, kind, where, exclude_group, exclude_ids)
+
+    def query_group(self, image: LoadedImage) -> str | None:
+        """The query's group: that of its stored copy (same bytes), else its DICOM patient."""
+        stored = self.store.stored_copy(file_sha256(image.path)) if image.path.is_file() else None
+        if stored is not None and stored[1] is not None:
+            return stored[1]
+        return image.patient
 
     # ------------------------------------------------------------------ classification
     @property

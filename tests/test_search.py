@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import row_count, write_csv, write_pngs
+from fixtures import row_count, write_csv, write_png, write_pngs
 
 import priorcase
 from priorcase.errors import QueryError
@@ -101,8 +101,16 @@ def test_exclude_same_patient(library, bundled) -> None:
     hits = pc.search(id="img002", k=100, exclude_same_patient=True)
     assert hits and all(h.group != group for h in hits)
     assert {h.id for h in hits} == {h.id for h in everything} - set(same)
-    # a query PNG carries no patient of its own, so by image nothing is excluded
-    assert len(pc.search(image=files[2], k=100, exclude_same_patient=True)) == N + 4
+    # a query file already in the library takes the patient of its stored copy
+    by_file = pc.search(image=files[2], k=100, exclude_same_patient=True)
+    assert {h.id for h in by_file} == {h.id for h in everything} - set(same)
+
+
+def test_exclude_same_patient_new_png_has_no_patient(library, bundled, tmp_path: Path) -> None:
+    db, _ = library
+    pc = priorcase.open(db, encoder=bundled)
+    query = write_png(tmp_path / "new.png", 999)  # not stored, no DICOM patient
+    assert len(pc.search(image=query, k=100, exclude_same_patient=True)) == N + 4
 
 
 def test_kind_filter(library, bundled) -> None:

@@ -151,6 +151,20 @@ class CaseStore:
                 }
             return self._snapshots[key]
 
+    def stored_copy(self, content_hash: str) -> tuple[str, str | None] | None:
+        """(id, group) of the stored whole image with these bytes, or None."""
+        table = self.table
+        if table is None:
+            return None
+        rows = (
+            table.search()
+            .where(f"content_hash = '{content_hash}' AND kind = 'image'")
+            .select(["id", "group"])
+            .limit(1)
+            .to_list()
+        )
+        return (rows[0]["id"], rows[0]["group"]) if rows else None
+
     def ids_matching(self, where: str) -> set[str]:
         """Ids of rows satisfying a LanceDB SQL predicate; a bad predicate is a QueryError."""
         table = self.table

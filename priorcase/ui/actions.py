@@ -99,24 +99,11 @@ class Actions:
             metadata=metadata,
             group=loaded.patient,
         )
-        stored = self._stored_copy(file_sha256(path))
+        stored = self.pc.store.stored_copy(file_sha256(path))
         if stored is not None:
             query.stored_id, query.group = stored[0], stored[1] or query.group
             query.note = f"This file is already in the library as case {stored[0]}."
         return query
-
-    def _stored_copy(self, content_hash: str) -> tuple[str, str | None] | None:
-        table = self.pc.store.table
-        if table is None:
-            return None
-        rows = (
-            table.search()
-            .where(f"content_hash = '{content_hash}' AND kind = 'image'")
-            .select(["id", "group"])
-            .limit(1)
-            .to_list()
-        )
-        return (rows[0]["id"], rows[0]["group"]) if rows else None
 
     def query_from_id(self, case_id: str) -> Query:
         """A stored case as the query (its stored vector; the view from its thumbnail)."""
