@@ -140,14 +140,21 @@ class PriorCase:
         methods: tuple[str, ...] = ("knn", "logreg", "zeroshot"),
         kind: str = "image",
         k: int = 10,
+        exclude_same_patient: bool = False,
     ) -> Classification:
-        """Class probabilities per method for one image (file, decoded image or vector)."""
+        """Class probabilities per method for one image (file, decoded image or vector).
+
+        ``exclude_same_patient`` keeps the query's patient (its stored copy's, or its DICOM
+        patient's) out of the kNN vote.
+        """
+        group = None
         if isinstance(image, np.ndarray) and image.ndim == 1:
             vector = image
         else:
             loaded = image if isinstance(image, LoadedImage) else self.read(image)  # type: ignore[arg-type]
             vector = self.embed(loaded)
-        return self.classifiers.classify(vector, label, tuple(methods), kind, k)
+            group = self.query_group(loaded) if exclude_same_patient else None
+        return self.classifiers.classify(vector, label, tuple(methods), kind, k, group)
 
     # ------------------------------------------------------------------ text space
     def joint_space(self) -> JointSpace:

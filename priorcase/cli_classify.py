@@ -18,12 +18,22 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     pc = _open(args)
     methods = resolve_methods(args.method)
-    result = pc.classify(args.image, args.label, tuple(methods), kind=args.kind, k=args.k)
+    result = pc.classify(
+        args.image,
+        args.label,
+        tuple(methods),
+        kind=args.kind,
+        k=args.k,
+        exclude_same_patient=args.exclude_same_patient,
+    )
     if args.json:
         print(json.dumps({"encoder": pc.encoder.spec, **result.to_json()}))
         return 0
     print(f"{args.image}: {args.label}")
     for prediction in result.predictions:
+        if prediction.error:
+            print(f"  {prediction.method:<10} unavailable: {prediction.error}")
+            continue
         probs = ", ".join(
             f"{c} {p:.2f}" for c, p in sorted(prediction.probabilities.items(), key=lambda x: -x[1])
         )
@@ -111,6 +121,11 @@ def add_classify_commands(sub, with_db: Callable[[argparse.ArgumentParser], None
     )
     p.add_argument("--kind", choices=["image", "roi"], default="image")
     p.add_argument("-k", type=int, default=10, help="neighbours that vote")
+    p.add_argument(
+        "--exclude-same-patient",
+        action="store_true",
+        help="leave the query's own patient out of the kNN vote",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classify)
 

@@ -132,7 +132,12 @@ class Classification:
         return {
             "label": self.label,
             "methods": [
-                {"method": p.method, "probabilities": p.probabilities, "explanation": p.explanation}
+                {
+                    "method": p.method,
+                    "probabilities": p.probabilities,
+                    "explanation": p.explanation,
+                    "error": p.error,
+                }
                 for p in self.predictions
             ],
             "neighbours": [h.to_json() for h in self.neighbours],
