@@ -60,7 +60,7 @@ def main() -> None:
         )
         for name, build in (
             ("faiss flat", lambda: VectorIndex(data, "faiss")),
-            ("faiss hnsw", lambda: _hnsw(data)),
+            ("faiss hnsw", lambda: VectorIndex(data, "hnsw")),
         ):
             start = time.perf_counter()
             index = build()
@@ -75,25 +75,6 @@ def main() -> None:
                 f"{n:>9} {name:<12}{built:>9.2f}{per_query * 1e3:>11.3f}{base / per_query:>9.2f}"
                 f"{one * 1e3:>10.3f}{base_one / one:>9.2f}{recall:>9.3f}"
             )
-
-
-class _Hnsw:
-    def __init__(self, data: np.ndarray) -> None:
-        self.index = faiss.IndexHNSWFlat(data.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-        self.index.hnsw.efSearch = 128
-        self.index.add(data)
-
-    def search(self, queries: np.ndarray, k: int):
-        class Found:
-            pass
-
-        found = Found()
-        found.scores, found.positions = self.index.search(queries, k)
-        return found
-
-
-def _hnsw(data: np.ndarray) -> _Hnsw:
-    return _Hnsw(data)
 
 
 if __name__ == "__main__":

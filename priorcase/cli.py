@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from priorcase.errors import PriorcaseError
+from priorcase.index.vector_index import BACKENDS
 from priorcase.records import SearchHit
 
 
@@ -22,6 +23,7 @@ def _open(args: argparse.Namespace):
         args.db,
         encoder=getattr(args, "encoder", None),
         device=args.device,
+        backend=args.backend,
         notify=lambda message: print(message, file=sys.stderr),
     )
 
@@ -118,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="priorcase", description="Find similar prior cases and classify images by retrieval."
     )
     parser.add_argument("--device", help="torch device (default: cuda, mps or cpu)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="kNN: exact NumPy, FAISS flat (exact), FAISS HNSW (approximate), or auto",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_db(p: argparse.ArgumentParser) -> None:

@@ -229,3 +229,19 @@ def test_faiss_cache_is_rebuilt_for_a_new_table_version(tmp_path: Path, tiny_cli
     assert len(now - set(cached)) == 1, "no FAISS index built for the new table version"
     assert not now & set(cached), "the old version's index file was not removed"
     assert len(pc.search(id="img005", k=30)) == 24  # all 25 rows of the new version, less itself
+
+
+def test_backends_on_cpu() -> None:
+    from priorcase.index.vector_index import VectorIndex
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((2000, 32)).astype(np.float32)
+    assert VectorIndex(vectors).backend == "exact"  # no GPU FAISS here: NumPy is faster
+    queries = vectors[:50] + 0.01 * rng.standard_normal((50, 32)).astype(np.float32)
+    exact = VectorIndex(vectors, "exact").search(queries, 5)
+    flat = VectorIndex(vectors, "faiss").search(queries, 5)
+    assert (exact.positions == flat.positions).all()
+    hnsw = VectorIndex(vectors, "hnsw").search(queries, 5)
+    assert (hnsw.positions[:, 0] == np.arange(50)).all()  # approximate, but finds the twin
+    with pytest.raises(ValueError, match="unknown kNN backend"):
+        VectorIndex(vectors, "annoy")

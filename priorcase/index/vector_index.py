@@ -11,10 +11,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-# Below this many vectors a BLAS matrix product beats building any index.
+# From this many vectors a GPU FAISS index pays for its transfer. On CPU, benchmarks/
+# bench_search.py measured NumPy's BLAS product faster than FAISS IndexFlatIP up to 300k rows
+# (2 cores, 512-d), so exact CPU search stays NumPy.
 FAISS_MIN_ROWS = 20_000
-# Above this many vectors an HNSW graph pays for its approximate answers.
-HNSW_MIN_ROWS = 200_000
+BACKENDS = ("auto", "exact", "faiss", "hnsw")
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -35,9 +36,12 @@ class Neighbours:
 class VectorIndex:
     """kNN over a fixed matrix of reference vectors.
 
-    ``backend`` is ``"auto"`` (exact NumPy below ``FAISS_MIN_ROWS``, FAISS above),
-    ``"exact"`` or ``"faiss"``. FAISS uses ``IndexFlatIP`` (exact) unless the matrix has
-    at least ``HNSW_MIN_ROWS`` rows, where ``IndexHNSWFlat`` is used.
+    ``backend``:
+    - ``"exact"``: NumPy matrix product;
+    - ``"faiss"``: FAISS ``IndexFlatIP``, exact, on the GPU when ``use_gpu`` and one is there;
+    - ``"hnsw"``: FAISS ``IndexHNSWFlat``, approximate (opt-in, for very large libraries);
+    - ``"auto"``: ``"faiss"`` on a GPU from ``FAISS_MIN_ROWS`` rows, else ``"exact"``.
+    ``"exact"``, ``"faiss"`` and ``"auto"`` give the same answers up to ties.
     """
 
     def __init__(
@@ -47,16 +51,16 @@ class VectorIndex:
         use_gpu: bool = False,
         cache_path: Path | None = None,
     ) -> None:
-        if backend not in {"auto", "exact", "faiss"}:
-            raise ValueError(f"unknown kNN backend {backend!r}; use auto, exact or faiss")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown kNN backend {backend!r}; use {', '.join(BACKENDS)}")
         self.vectors = l2_normalise(vectors)
-        n = len(self.vectors)
-        self.backend = (
-            ("faiss" if n >= FAISS_MIN_ROWS else "exact") if backend == "auto" else backend
-        )
+        if backend == "auto":
+            on_gpu = use_gpu and gpu_faiss_available() and len(self.vectors) >= FAISS_MIN_ROWS
+            backend = "faiss" if on_gpu else "exact"
+        self.backend = backend
         self._faiss: faiss.Index | None = None
-        if self.backend == "faiss":
-            self._faiss = _load_or_build(self.vectors, use_gpu, cache_path)
+        if backend in ("faiss", "hnsw"):
+            self._faiss = _load_or_build(self.vectors, backend == "hnsw", use_gpu, cache_path)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -75,13 +79,22 @@ class VectorIndex:
         return _pad(Neighbours(positions.astype(np.int64), scores.astype(np.float32)), k)
 
 
-def _load_or_build(vectors: np.ndarray, use_gpu: bool, cache_path: Path | None) -> faiss.Index:
+def gpu_faiss_available() -> bool:
+    """True with a GPU build of FAISS (the ``gpu`` extra) and a visible GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _load_or_build(
+    vectors: np.ndarray, hnsw: bool, use_gpu: bool, cache_path: Path | None
+) -> faiss.Index:
     """Reuse a FAISS index saved for exactly these vectors (same table version), else build it."""
+    if cache_path is not None:
+        cache_path = cache_path.with_name(cache_path.stem + ("-hnsw" if hnsw else "") + ".index")
     if cache_path is not None and cache_path.exists():
         index = faiss.read_index(str(cache_path))
         if index.ntotal == len(vectors) and index.d == vectors.shape[1]:
-            return index
-    index = build_faiss_index(vectors, use_gpu=False)
+            return _to_gpu(index) if use_gpu else index
+    index = build_faiss_index(vectors, hnsw=hnsw)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_suffix(".tmp")
@@ -92,21 +105,23 @@ def _load_or_build(vectors: np.ndarray, use_gpu: bool, cache_path: Path | None) 
             # indexes of older table versions are never searched again
             if not stale.name.startswith(version_prefix):
                 stale.unlink(missing_ok=True)
-    if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    return index
+    return _to_gpu(index) if use_gpu else index
 
 
-def build_faiss_index(vectors: np.ndarray, use_gpu: bool = False) -> faiss.Index:
-    """An inner-product FAISS index over ``vectors`` (moved to GPU when asked and available)."""
+def _to_gpu(index: faiss.Index) -> faiss.Index:
+    if not gpu_faiss_available() or isinstance(index, faiss.IndexHNSWFlat):
+        return index  # HNSW has no GPU version in FAISS
+    return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+
+
+def build_faiss_index(vectors: np.ndarray, hnsw: bool = False) -> faiss.Index:
+    """An inner-product FAISS index over ``vectors``: exact flat, or an HNSW graph."""
     dim = vectors.shape[1]
-    if len(vectors) >= HNSW_MIN_ROWS:
+    if hnsw:
         index: faiss.Index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = 128
     else:
         index = faiss.IndexFlatIP(dim)
-    if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(vectors)
     return index
 
