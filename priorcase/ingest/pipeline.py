@@ -265,7 +265,7 @@ def _embed_and_store(
 
 def default_workers() -> int:
     """Decoding workers beside the model: none on 2 cores, where the model needs both
-    (measured with benchmarks/bench_ingest.py: 2 workers ran at 0.74x of none), up to 4."""
+    (measured with benchmarks/bench_ingest.py: 2 workers ran at 0.54x of none), up to 4."""
     return max(0, min(4, (os.cpu_count() or 1) - 2))
 
 
