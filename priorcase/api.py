@@ -16,7 +16,7 @@ from priorcase.index.store import CaseStore
 from priorcase.ingest.pipeline import ROI_TYPE, IngestOptions, ingest
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, read_image
-from priorcase.library import Classification, LibraryClassifiers
+from priorcase.library import DEFAULT_KNN, Classification, KnnOptions, LibraryClassifiers
 from priorcase.records import IngestReport, LoadedImage, SearchHit
 from priorcase.retrieval.search import Searcher
 
@@ -139,7 +139,7 @@ class PriorCase:
         label: str,
         methods: tuple[str, ...] = ("knn", "logreg", "zeroshot"),
         kind: str = "image",
-        k: int = 10,
+        knn: KnnOptions = DEFAULT_KNN,
         exclude_same_patient: bool = False,
     ) -> Classification:
         """Class probabilities per method for one image (file, decoded image or vector).
@@ -154,7 +154,7 @@ class PriorCase:
             loaded = image if isinstance(image, LoadedImage) else self.read(image)  # type: ignore[arg-type]
             vector = self.embed(loaded)
             group = self.query_group(loaded) if exclude_same_patient else None
-        return self.classifiers.classify(vector, label, tuple(methods), kind, k, group)
+        return self.classifiers.classify(vector, label, tuple(methods), kind, knn, group)
 
     # ------------------------------------------------------------------ text space
     def joint_space(self) -> JointSpace:

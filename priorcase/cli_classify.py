@@ -12,6 +12,33 @@ def _positive(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
 
+def _knn_options(args: argparse.Namespace):
+    from priorcase.library import KnnOptions
+
+    return KnnOptions(
+        k=args.k,
+        weights=args.knn_weights,
+        temperature=args.knn_temperature,
+        prior_correction=args.prior_correction,
+    )
+
+
+def _add_knn_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-k", type=int, default=10, help="neighbours that vote (kNN)")
+    p.add_argument(
+        "--knn-weights",
+        choices=["uniform", "similarity"],
+        default="uniform",
+        help="one vote each, or softmax(similarity / temperature)",
+    )
+    p.add_argument("--knn-temperature", type=float, default=0.1)
+    p.add_argument(
+        "--prior-correction",
+        action="store_true",
+        help="divide kNN votes by each class's share of the library",
+    )
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from priorcase.cli import _open
     from priorcase.evaluation.experiment import resolve_methods
@@ -23,7 +50,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         args.label,
         tuple(methods),
         kind=args.kind,
-        k=args.k,
+        knn=_knn_options(args),
         exclude_same_patient=args.exclude_same_patient,
     )
     if args.json:
@@ -61,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         kind=args.kind,
         where=args.where,
         positive=_positive(args.positive),
-        knn_k=args.k,
+        knn=_knn_options(args),
         n_boot=args.bootstrap,
         progress=not args.json,
     )
@@ -120,7 +147,7 @@ def add_classify_commands(sub, with_db: Callable[[argparse.ArgumentParser], None
         help="comma list of knn, logreg, svm, zeroshot, similarity, ensemble, or all",
     )
     p.add_argument("--kind", choices=["image", "roi"], default="image")
-    p.add_argument("-k", type=int, default=10, help="neighbours that vote")
+    _add_knn_arguments(p)
     p.add_argument(
         "--exclude-same-patient",
         action="store_true",
@@ -140,7 +167,7 @@ def add_classify_commands(sub, with_db: Callable[[argparse.ArgumentParser], None
     p.add_argument("--queries", type=Path, help="folder of query images (holdout mode)")
     p.add_argument("--labels", type=Path, help="labels CSV of the query images")
     p.add_argument("--by", action="append", default=[], help="subgroup column (repeatable)")
-    p.add_argument("-k", type=int, default=10, help="kNN neighbours")
+    _add_knn_arguments(p)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for AUC CI")
     p.add_argument("--report", type=Path, help="write an HTML report with ROC and confusion plots")
     p.add_argument("--json", action="store_true")

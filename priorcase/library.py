@@ -97,14 +97,34 @@ def prompts_for_set(
     }
 
 
+@dataclass(frozen=True)
+class KnnOptions:
+    """How the kNN vote is taken (see :class:`priorcase.classifiers.KNNVoteClassifier`)."""
+
+    k: int = 10
+    weights: str = "uniform"  # or "similarity": softmax(score / temperature)
+    temperature: float = 0.1
+    prior_correction: bool = False
+
+
+DEFAULT_KNN = KnnOptions()
+
+
 def build_classifier(
-    method: str, data: LabelledSet, space: JointSpace | None, knn_k: int = 10
+    method: str, data: LabelledSet, space: JointSpace | None, knn: KnnOptions = DEFAULT_KNN
 ) -> Any:
     """An unfitted classifier for ``data``'s label (prompts from the label's vocabulary)."""
     if method in TEXT_METHODS:
         return make_classifier(method, space, data.label, prompts=prompts_for_set(data))
     if method == "knn":
-        return make_classifier("knn", k=knn_k, exclude_same_group=True)
+        return make_classifier(
+            "knn",
+            k=knn.k,
+            weights=knn.weights,
+            temperature=knn.temperature,
+            prior_correction=knn.prior_correction,
+            exclude_same_group=True,
+        )
     if method == "ensemble":
         return make_classifier("ensemble", space, data.label)
     return make_classifier(method)
@@ -177,17 +197,17 @@ class LibraryClassifiers:
         self._cache: dict[tuple, Any] = {}
 
     def fitted(
-        self, method: str, label: str, kind: str = "image", k: int = 10
+        self, method: str, label: str, kind: str = "image", knn: KnnOptions = DEFAULT_KNN
     ) -> tuple[Any, LabelledSet]:
         version = self.pc.store.version
-        key = (version, method, label, kind, k)
+        key = (version, method, label, kind, knn if method == "knn" else None)
         if key in self._cache:
             return self._cache[key]
         data = labelled_set(self.pc, label, kind)
         model = self._load(method, label, kind, version) if method in PERSISTED else None
         if model is None:
             space = self.pc.joint_space() if method in (*TEXT_METHODS, "ensemble") else None
-            model = build_classifier(method, data, space, knn_k=k)
+            model = build_classifier(method, data, space, knn)
             model.fit(data.X, data.y, groups=data.groups)
             if method in PERSISTED:
                 self._save(model, method, label, kind, version)
@@ -201,7 +221,7 @@ class LibraryClassifiers:
         label: str,
         methods: tuple[str, ...] = ("knn", "logreg", "zeroshot"),
         kind: str = "image",
-        k: int = 10,
+        knn: KnnOptions = DEFAULT_KNN,
         exclude_group: str | None = None,
         query_id: str | None = None,
     ) -> Classification:
@@ -217,7 +237,7 @@ class LibraryClassifiers:
         for method in methods:
             prediction = MethodPrediction(method)
             try:
-                model, data = self.fitted(method, label, kind, k)
+                model, data = self.fitted(method, label, kind, knn)
                 if method == "knn":
                     proba = model.predict_proba(query, groups)[0]
                     prediction.explanation = model.explain(query, groups)[0]

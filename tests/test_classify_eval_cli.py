@@ -218,3 +218,27 @@ def test_eval_unknown_method_is_a_one_line_error(library, capsys) -> None:
     assert main(["eval", "--db", str(db), "--label", "texture", "--method", "forest"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("priorcase: error: unknown method 'forest'") and "\n" not in err
+
+
+def test_knn_options_change_the_vote(library, capsys) -> None:
+    db, queries = library
+    args = [
+        "classify",
+        "--db",
+        str(db),
+        "--image",
+        str(queries / "case500.png"),
+        "--label",
+        "texture",
+        "--method",
+        "knn",
+        "-k",
+        "15",
+        "--json",
+    ]
+    uniform = run_json(capsys, args)["methods"][0]["probabilities"]
+    weighted = run_json(
+        capsys, [*args, "--knn-weights", "similarity", "--knn-temperature", "0.01"]
+    )["methods"][0]["probabilities"]
+    assert uniform != weighted
+    assert max(weighted, key=weighted.get) == "stripes"

@@ -25,7 +25,14 @@ from priorcase.evaluation.metrics import (
 from priorcase.evaluation.runner import cross_val_proba, holdout_proba
 from priorcase.evaluation.splits import grouped_folds
 from priorcase.index.vector_index import VectorIndex
-from priorcase.library import TEXT_METHODS, LabelledSet, build_classifier, labelled_set
+from priorcase.library import (
+    DEFAULT_KNN,
+    TEXT_METHODS,
+    KnnOptions,
+    LabelledSet,
+    build_classifier,
+    labelled_set,
+)
 
 if TYPE_CHECKING:
     from priorcase.api import PriorCase
@@ -150,7 +157,7 @@ def cross_validate(
     where: str | None = None,
     positive: tuple[str, ...] = (),
     by: list[str] | None = None,
-    knn_k: int = 10,
+    knn: KnnOptions = DEFAULT_KNN,
     n_boot: int = 1000,
     progress: bool = True,
 ) -> Evaluation:
@@ -167,7 +174,7 @@ def cross_validate(
 
         def make(train_idx: np.ndarray, method: str = method) -> Any:
             space = spaces.for_rows(train_idx) if method in SPACE_METHODS else None
-            return build_classifier(method, data, space, knn_k=knn_k)
+            return build_classifier(method, data, space, knn)
 
         proba, classes = cross_val_proba(
             make, data.X, data.y, data.groups, folds, progress=progress
@@ -195,7 +202,7 @@ def holdout(
     kind: str = "image",
     where: str | None = None,
     positive: tuple[str, ...] = (),
-    knn_k: int = 10,
+    knn: KnnOptions = DEFAULT_KNN,
     n_boot: int = 1000,
     progress: bool = True,
 ) -> Evaluation:
@@ -238,7 +245,7 @@ def holdout(
     evaluation.meta["query_failures"] = failures
     retrieval = _holdout_retrieval(library, test)
     for method in methods:
-        model = build_classifier(method, library, space, knn_k=knn_k)
+        model = build_classifier(method, library, space, knn)
         proba, classes = holdout_proba(model, library.X, library.y, library.groups, test.X)
         result = evaluate_probabilities(
             test.y, proba, classes, method, groups=test.groups, n_boot=n_boot, retrieval=retrieval

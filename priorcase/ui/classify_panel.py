@@ -10,7 +10,7 @@ import numpy as np
 
 from priorcase.api import PriorCase
 from priorcase.ingest.pipeline import ROI_TYPE
-from priorcase.library import MethodPrediction
+from priorcase.library import KnnOptions, MethodPrediction
 
 METHOD_TITLES = {
     "knn": "kNN vote (similar prior cases)",
@@ -53,6 +53,12 @@ class ClassifyPanel:
     ) -> list[MethodPrediction]:
         """One prediction per method (an ``error`` instead where a method cannot answer)."""
         result = self.pc.classifiers.classify(
-            vector, column, tuple(methods), kind or "image", self.k, exclude_group, query_id
+            vector,
+            column,
+            tuple(methods),
+            kind or "image",
+            KnnOptions(k=self.k),
+            exclude_group,
+            query_id,
         )
         return result.predictions
