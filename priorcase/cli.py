@@ -146,7 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="normal-tissue ROIs sampled per image with no findings",
     )
-    p.add_argument("--normal-roi-radius", type=int, default=48)
+    p.add_argument(
+        "--normal-roi-radius",
+        type=int,
+        help="fixed radius of normal ROIs (default: drawn from the findings' lesion radii)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ingest)
 

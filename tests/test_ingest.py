@@ -446,3 +446,22 @@ def test_sigkill_mid_ingest_then_rerun_stores_everything_once(tmp_path: Path) ->
         f"{r[0]}-roi1" for r in findings_rows
     )
     assert "skipped" in done.stdout and "0 failed" in done.stdout
+
+
+def test_normal_roi_radius_matches_the_lesion_radii(tmp_path: Path, tiny_clip) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    pixels, mask = breast_like(256, seed=4)
+    Image.fromarray(pixels).save(data / "normal.png")
+    write_png(data / "lesion.png", 6, size=256)
+    findings = write_csv(
+        tmp_path / "findings.csv",
+        ["image_id", "severity", "x", "y", "radius"],
+        [["lesion", "benign", "100", "100", "22"]],
+    )
+    pc = priorcase.open(tmp_path / "db", encoder=tiny_clip)
+    pc.ingest(data, findings=findings, normal_rois=1, **FAST)  # no fixed radius given
+    rows = _rows_by_id(tmp_path / "db")
+    normal = [r for r in rows.values() if r["kind"] == "roi" and r["parent_id"] == "normal"]
+    assert [r["roi_radius"] for r in normal] == [22]  # the only lesion radius on offer
+    assert mask[normal[0]["roi_y"], normal[0]["roi_x"]]

@@ -29,6 +29,8 @@ from priorcase.ingest.thumbnails import make_thumbnail
 from priorcase.records import CaseRecord, Finding, IngestReport
 
 ROI_TYPE = "roi_type"  # label set on every ROI row: "lesion" or "normal"
+DEFAULT_NORMAL_RADIUS = 48  # when the findings give no radii to match
+MIN_NORMAL_RADIUS = 16
 
 
 @dataclass
@@ -41,7 +43,10 @@ class IngestOptions:
     batch_size: int = 32
     workers: int | None = None  # default: default_workers()
     normal_rois: int = 0  # normal-tissue ROIs sampled per image with no findings
-    normal_roi_radius: int = 48
+    # None: draw each normal ROI's radius from the findings' lesion radii, so normal and
+    # lesion crops cover the same range of scales (a fixed size would let a classifier
+    # tell them apart by scale alone)
+    normal_roi_radius: int | None = None
     progress: bool = True
 
 
@@ -54,7 +59,7 @@ class _Task:
     patient_key: str | None
     findings: list[Finding] = field(default_factory=list)
     normal_rois: int = 0
-    normal_roi_radius: int = 48
+    normal_roi_radii: tuple[int, ...] = (DEFAULT_NORMAL_RADIUS,)
 
 
 class _FileDataset(Dataset):
@@ -92,8 +97,7 @@ def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer) -> dict:
             continue  # a repeated findings row: same dedup key, so one ROI row
         rois.append((geometry, {**finding.labels, ROI_TYPE: "lesion"}))
     if not task.findings and task.normal_rois:
-        seed = zlib.crc32(task.content_hash.encode())
-        for geometry in sample_normal_rois(pixels, task.normal_rois, task.normal_roi_radius, seed):
+        for geometry in _normal_rois(pixels, task):
             rois.append((geometry, {ROI_TYPE: "normal"}))
     roi_items = []
     for geometry, labels in rois:
@@ -114,6 +118,19 @@ def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer) -> dict:
         "patient": image.patient,
         "rois": roi_items,
     }
+
+
+def _normal_rois(pixels, task: _Task) -> list[tuple[int, int, int]]:
+    """Normal patches with a radius drawn (seeded by the file) from ``normal_roi_radii``;
+    a radius too large for the breast is halved until the patch fits."""
+    seed = zlib.crc32(task.content_hash.encode())
+    radius = int(np.random.default_rng(seed).choice(task.normal_roi_radii))
+    while radius >= MIN_NORMAL_RADIUS:
+        found = sample_normal_rois(pixels, task.normal_rois, radius, seed)
+        if found:
+            return found
+        radius //= 2
+    return []
 
 
 def ingest(
@@ -172,6 +189,11 @@ def _plan(
     report: IngestReport,
 ) -> list[_Task]:
     """Hash files, drop stored duplicates and id clashes, attach labels and findings."""
+    if options.normal_roi_radius is not None:
+        radii: tuple[int, ...] = (options.normal_roi_radius,)
+    else:
+        lesion_radii = [f.radius for rows in findings.values() for f in rows if f.radius]
+        radii = tuple(sorted(lesion_radii)) or (DEFAULT_NORMAL_RADIUS,)
     known_keys = store.existing_keys()
     id_paths = store.id_paths()
     tasks: list[_Task] = []
@@ -202,7 +224,7 @@ def _plan(
                 patient_key=row.patient_key if row else None,
                 findings=findings.get(image_id, []),
                 normal_rois=options.normal_rois,
-                normal_roi_radius=options.normal_roi_radius,
+                normal_roi_radii=radii,
             )
         )
     return tasks
