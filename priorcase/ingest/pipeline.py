@@ -125,12 +125,11 @@ def _normal_rois(pixels, task: _Task) -> list[tuple[int, int, int]]:
     a radius too large for the breast is halved until the patch fits."""
     seed = zlib.crc32(task.content_hash.encode())
     radius = int(np.random.default_rng(seed).choice(task.normal_roi_radii))
-    while radius >= MIN_NORMAL_RADIUS:
+    while True:
         found = sample_normal_rois(pixels, task.normal_rois, radius, seed)
-        if found:
+        if found or radius <= MIN_NORMAL_RADIUS:
             return found
-        radius //= 2
-    return []
+        radius = max(MIN_NORMAL_RADIUS, radius // 2)
 
 
 def ingest(
@@ -269,6 +268,7 @@ def _embed_and_store(
     )
     manifest = store.manifest
     assert manifest is not None
+    no_room: list[str] = []
     with tqdm(total=len(tasks), desc="embedding", unit="img", disable=not options.progress) as bar:
         for items in loader:
             good = [item for item in items if "error" not in item]
@@ -282,7 +282,18 @@ def _embed_and_store(
             store.add(records)
             report.stored_images += sum(1 for r in records if r.kind == "image")
             report.stored_rois += sum(1 for r in records if r.kind == "roi")
+            no_room += [
+                item["task"].path.name
+                for item in good
+                if item["task"].normal_rois and not item["task"].findings and not item["rois"]
+            ]
             bar.update(len(items))
+    if no_room:
+        report.notes.append(
+            f"{len(no_room)} films had no patch of breast large enough for a normal ROI: "
+            + ", ".join(no_room[:10])
+            + (" ..." if len(no_room) > 10 else "")
+        )
 
 
 def default_workers() -> int:
