@@ -60,11 +60,15 @@ def labelled_set(
     snapshot = pc.store.snapshot(kind)
     values = pc.store.column_values(label, kind)
     allowed = pc.store.ids_matching(where) if where else None
-    rows = [
-        n
-        for n, i in enumerate(snapshot.ids)
-        if values.get(i) is not None and (allowed is None or i in allowed)
-    ]
+    # ordered by id, not by storage order, so folds do not change when a library is rebuilt
+    rows = sorted(
+        (
+            n
+            for n, i in enumerate(snapshot.ids)
+            if values.get(i) is not None and (allowed is None or i in allowed)
+        ),
+        key=lambda n: snapshot.ids[n],
+    )
     if not rows:
         raise QueryError(f"no {kind} rows with a value in column {label!r}")
     rows_arr = np.asarray(rows)
