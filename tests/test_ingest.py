@@ -147,17 +147,23 @@ def test_repeated_findings_row_gives_one_roi(tmp_path: Path, tiny_clip) -> None:
     ]
 
 
-def test_normal_roi_sampled_inside_the_breast(tmp_path: Path, tiny_clip) -> None:
+def _normal_and_lesion_films(tmp_path: Path, seed: int, lesion_radius: int):
+    """A breast-like normal film and a film with one lesion; returns (folder, findings, mask)."""
     data = tmp_path / "data"
     data.mkdir()
-    pixels, mask = breast_like(256, seed=3)
+    pixels, mask = breast_like(256, seed=seed)
     Image.fromarray(pixels).save(data / "normal.png")
-    write_png(data / "lesion.png", 5, size=256)
+    write_png(data / "lesion.png", seed + 2, size=256)
     findings = write_csv(
         tmp_path / "findings.csv",
         ["image_id", "severity", "x", "y", "radius"],
-        [["lesion", "benign", "100", "100", "20"]],
+        [["lesion", "benign", "100", "100", str(lesion_radius)]],
     )
+    return data, findings, mask
+
+
+def test_normal_roi_sampled_inside_the_breast(tmp_path: Path, tiny_clip) -> None:
+    data, findings, mask = _normal_and_lesion_films(tmp_path, 3, lesion_radius=20)
     pc = priorcase.open(tmp_path / "db", encoder=tiny_clip)
     report = pc.ingest(data, findings=findings, normal_rois=1, normal_roi_radius=16, **FAST)
     assert report.failures == [] and report.stored_rois == 2
@@ -449,16 +455,7 @@ def test_sigkill_mid_ingest_then_rerun_stores_everything_once(tmp_path: Path) ->
 
 
 def test_normal_roi_radius_matches_the_lesion_radii(tmp_path: Path, tiny_clip) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    pixels, mask = breast_like(256, seed=4)
-    Image.fromarray(pixels).save(data / "normal.png")
-    write_png(data / "lesion.png", 6, size=256)
-    findings = write_csv(
-        tmp_path / "findings.csv",
-        ["image_id", "severity", "x", "y", "radius"],
-        [["lesion", "benign", "100", "100", "22"]],
-    )
+    data, findings, mask = _normal_and_lesion_films(tmp_path, 4, lesion_radius=22)
     pc = priorcase.open(tmp_path / "db", encoder=tiny_clip)
     pc.ingest(data, findings=findings, normal_rois=1, **FAST)  # no fixed radius given
     rows = _rows_by_id(tmp_path / "db")
