@@ -169,7 +169,12 @@ class Classification:
 
 
 def _explain(
-    method: str, model: Any, data: LabelledSet, query: np.ndarray, query_id: str | None
+    method: str,
+    model: Any,
+    data: LabelledSet,
+    query: np.ndarray,
+    proba: np.ndarray,
+    query_id: str | None,
 ) -> str:
     """One line saying why a (non-kNN) method answers as it does."""
     if method in TEXT_METHODS:
@@ -179,7 +184,6 @@ def _explain(
         if method == "zeroshot":
             return f'closest prompt: "{prompt}" (cosine {scores[best]:.2f})'
         return f'trained prompt-similarity head favours "{prompt}"'
-    proba = model.predict_proba(query)[0]
     top = model.classes_[int(np.argmax(proba))]
     how = f"C={model.best_params_['C']:g}, " if hasattr(model, "best_params_") else ""
     name = {"logreg": "logistic regression", "svm": "SVM"}.get(method, method)
@@ -255,7 +259,7 @@ class LibraryClassifiers:
                     )
                 else:
                     proba = model.predict_proba(query)[0]
-                    prediction.explanation = _explain(method, model, data, query, query_id)
+                    prediction.explanation = _explain(method, model, data, query, proba, query_id)
                 prediction.probabilities = {
                     str(c): float(p) for c, p in zip(model.classes_, proba, strict=True)
                 }

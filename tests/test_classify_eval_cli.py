@@ -68,6 +68,11 @@ def run_json(capsys, args: list[str]) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def eval_json(capsys, db: Path, *options: str) -> dict:
+    """``priorcase eval --db DB --label texture OPTIONS --json`` as a dict."""
+    return run_json(capsys, ["eval", "--db", str(db), "--label", "texture", *options])
+
+
 def test_classify_json_gives_probabilities_and_voters(library, capsys) -> None:
     db, queries = library
     query = queries / "case1500.png"  # a disc, not in the library
@@ -123,24 +128,18 @@ def test_saved_head_from_another_encoder_is_refused(library, bundled) -> None:
 def test_eval_cv_json_contract_and_report(library, capsys, tmp_path: Path) -> None:
     db, _ = library
     report = tmp_path / "report.html"
-    out = run_json(
+    out = eval_json(
         capsys,
-        [
-            "eval",
-            "--db",
-            str(db),
-            "--label",
-            "texture",
-            "--cv",
-            "3",
-            "--method",
-            "knn,logreg",
-            "--bootstrap",
-            "200",
-            "--report",
-            str(report),
-            "--json",
-        ],
+        db,
+        "--cv",
+        "3",
+        "--method",
+        "knn,logreg",
+        "--bootstrap",
+        "200",
+        "--report",
+        str(report),
+        "--json",
     )
     assert out["label"] == "texture" and out["mode"] == "cv" and out["n"] == 36
     assert [m["method"] for m in out["methods"]] == ["knn", "logreg"]
@@ -158,26 +157,20 @@ def test_eval_cv_json_contract_and_report(library, capsys, tmp_path: Path) -> No
 
 def test_eval_positive_gives_operating_points_and_subgroups(library, capsys) -> None:
     db, _ = library
-    out = run_json(
+    out = eval_json(
         capsys,
-        [
-            "eval",
-            "--db",
-            str(db),
-            "--label",
-            "texture",
-            "--positive",
-            "disc,checks",
-            "--cv",
-            "3",
-            "--method",
-            "logreg",
-            "--by",
-            "has_edges",
-            "--bootstrap",
-            "100",
-            "--json",
-        ],
+        db,
+        "--positive",
+        "disc,checks",
+        "--cv",
+        "3",
+        "--method",
+        "logreg",
+        "--by",
+        "has_edges",
+        "--bootstrap",
+        "100",
+        "--json",
     )
     assert out["meta"]["class_counts"] == {"checks+disc": 24, "not checks+disc": 12}
     rows = out["thresholds"]["logreg"]
@@ -189,24 +182,18 @@ def test_eval_positive_gives_operating_points_and_subgroups(library, capsys) -> 
 def test_eval_holdout_never_adds_queries(library, capsys) -> None:
     db, queries = library
     before = row_count(db)
-    out = run_json(
+    out = eval_json(
         capsys,
-        [
-            "eval",
-            "--db",
-            str(db),
-            "--label",
-            "texture",
-            "--queries",
-            str(queries),
-            "--labels",
-            str(queries / "labels.csv"),
-            "--method",
-            "knn,zeroshot",
-            "--bootstrap",
-            "100",
-            "--json",
-        ],
+        db,
+        "--queries",
+        str(queries),
+        "--labels",
+        str(queries / "labels.csv"),
+        "--method",
+        "knn,zeroshot",
+        "--bootstrap",
+        "100",
+        "--json",
     )
     assert out["mode"] == "holdout" and out["n"] == 12
     assert out["methods"][0]["auc"] > 0.8

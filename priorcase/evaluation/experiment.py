@@ -10,7 +10,7 @@ import numpy as np
 
 from priorcase.classifiers import METHODS
 from priorcase.classifiers.alignment import ContrastiveAligner
-from priorcase.classifiers.joint_space import ClipSpace, JointSpace
+from priorcase.classifiers.joint_space import JointSpace
 from priorcase.errors import PriorcaseError, QueryError
 from priorcase.evaluation.binarize import binarize_labels
 from priorcase.evaluation.metrics import (
@@ -97,7 +97,7 @@ class _FoldSpaces:
 
     def for_rows(self, train_idx: np.ndarray) -> JointSpace:
         if self.encoder.aligned:
-            return ClipSpace(self.encoder.embed_texts)
+            return self.pc.joint_space()  # CLIP's own space: nothing is fitted
         key = np.sort(train_idx).tobytes()
         if key not in self._cache:
             if self._reports is None:
@@ -239,7 +239,8 @@ def holdout(
         tuple(positive),
         None,
     )
-    space = ClipSpace(pc.encoder.embed_texts) if pc.encoder.aligned else pc.joint_space()
+    # the library's own text space (fitted on the library, never on the queries)
+    space = pc.joint_space() if any(m in SPACE_METHODS for m in methods) else None
     evaluation = _new_evaluation(pc, test, "holdout", kind, where)
     evaluation.meta["library_rows"] = len(library.y)
     evaluation.meta["query_failures"] = failures
