@@ -99,6 +99,7 @@ class Manifest:
                 fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # no secret inside: readable like the table
             os.replace(tmp, db_dir / MANIFEST_NAME)
         except OSError as err:
             raise StorageError(

@@ -6,6 +6,7 @@ import random
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -238,7 +239,9 @@ class CaseStore:
         table = self.table
         if table is None:
             return
-        with self._lock:
+        with self._lock, warnings.catch_warnings():
+            # LanceDB warns that readers of old versions fail: erasure means exactly that
+            warnings.simplefilter("ignore", UserWarning)
             self._retry(
                 lambda: table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
             )

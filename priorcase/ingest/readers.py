@@ -126,8 +126,10 @@ def _read_pil(path: Path) -> np.ndarray:
                 path, f"truncated or corrupt {kind}: its header is cut short or damaged"
             ) from None
         raise ImageReadError(path, "not an image: cannot identify image file") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(path, f"image too large: {_first_line(exc)}") from None
+    except Image.DecompressionBombError:
+        raise ImageReadError(
+            path, f"image too large (limit {MAX_PIXELS // 1_000_000} megapixels); not decoded"
+        ) from None
     except PermissionError:
         raise ImageReadError(path, "permission denied") from None
     except Exception as exc:
