@@ -100,13 +100,20 @@ class PriorCase:
         self._classifiers = None
         return deleted
 
-    # ------------------------------------------------------------------ queries
-    def read(self, path: str | Path) -> LoadedImage:
-        """Decode a query file exactly as ingest would (DICOM identifiers pseudonymised)."""
+    def pseudonym(self, patient_id: str) -> str | None:
+        """The library's pseudonym of a patient ID (its salt checked against the manifest)."""
+        return self._pseudonymizer()(patient_id)
+
+    def _pseudonymizer(self) -> Pseudonymizer:
         pseudonymize = Pseudonymizer.for_index(self.store.db_dir)
         if self.store.manifest is not None:
             self.store.manifest.check_salt(pseudonymize.fingerprint(), self.store.db_dir)
-        return read_image(Path(path), pseudonymize)
+        return pseudonymize
+
+    # ------------------------------------------------------------------ queries
+    def read(self, path: str | Path) -> LoadedImage:
+        """Decode a query file exactly as ingest would (DICOM identifiers pseudonymised)."""
+        return read_image(Path(path), self._pseudonymizer())
 
     def embed(self, image: LoadedImage) -> np.ndarray:
         """The image-space vector of a decoded image."""

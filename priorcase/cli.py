@@ -59,9 +59,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
     pc = priorcase.open(args.db, notify=lambda message: print(message, file=sys.stderr))
     if pc.store.manifest is None:
         raise PriorcaseError(f"{args.db} is not a priorcase index (no manifest)")
-    images, rois = pc.delete(ids=args.id or (), where=args.where, patient=args.patient)
+    patient = args.patient
+    if args.patient_id is not None:
+        patient = pc.pseudonym(args.patient_id)
+    images, rois = pc.delete(ids=args.id or (), where=args.where, patient=patient)
     print(f"deleted {images} images and {rois} ROIs; derived files removed, table compacted")
-    return 0
+    return 0 if images + rois else 1
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -182,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--id", nargs="+", help="case ids")
     which.add_argument("--where", help="LanceDB SQL filter, e.g. \"tissue = 'D'\"")
     which.add_argument("--patient", help="a patient pseudonym (anon-...)")
+    which.add_argument(
+        "--patient-id", help="a patient's ID (pseudonymised with the library's salt, not kept)"
+    )
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("search", help="nearest stored cases to an image, a text or an id")

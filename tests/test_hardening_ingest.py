@@ -390,10 +390,11 @@ def test_delete_erases_rows_rois_derived_files_and_old_versions(tmp_path: Path, 
             blob = path.read_bytes()
             assert not any(t in blob for t in erased), f"erased thumbnail still in {path}"
 
-    # from the command line: by patient pseudonym, and by filter
-    patient = _rows(db)["pat"]["patient"]
-    assert main(["delete", "--db", str(db), "--patient", patient]) == 0
+    # from the command line: by patient ID (pseudonymised), and by filter
+    assert main(["delete", "--db", str(db), "--patient-id", "ERASE-ME"]) == 0
+    assert "pat" not in _rows(db)
     assert main(["delete", "--db", str(db), "--where", "id = 'f1'"]) == 0
+    assert main(["delete", "--db", str(db), "--id", "nosuch"]) == 1
     assert set(_rows(db)) == {"f2"}
     assert priorcase.open(db, encoder=tiny_clip).search(id="f2", k=5) == []
 
