@@ -105,8 +105,9 @@ class IngestReport:
     def summary(self) -> str:
         lines = [
             f"stored {self.stored_images} images and {self.stored_rois} ROIs, "
-            f"updated {self.updated}, skipped {self.duplicates} duplicates, "
-            f"{len(self.failures)} failed (encoder {self.encoder}, {self.seconds:.1f} s)"
+            + (f"updated {self.updated}, " if self.updated else "")
+            + f"skipped {self.duplicates} duplicates, {len(self.failures)} failed "
+            f"(encoder {self.encoder}, {self.seconds:.1f} s)"
         ]
         if self.stopped:
             lines.append(f"  stopped: {self.stopped}")
