@@ -17,9 +17,18 @@ import threading
 import zlib
 from pathlib import Path
 
+import lancedb
 import numpy as np
 import pytest
-from fixtures import assert_unique, breast_like, table_rows, write_csv, write_dicom, write_png
+from fixtures import (
+    assert_unique,
+    breast_like,
+    table_rows,
+    write_csv,
+    write_dicom,
+    write_png,
+    write_pngs,
+)
 from PIL import Image
 
 import priorcase
@@ -546,3 +555,14 @@ def test_full_disk_gives_one_line_and_a_summary(tmp_path: Path, tiny_clip, tiny_
     assert (db / MANIFEST_NAME).stat().st_size > 0
     stored = assert_unique(db)
     assert stored.num_rows == report.stored_images
+
+
+def test_a_large_ingest_is_compacted(tmp_path: Path, tiny_clip) -> None:
+    write_pngs(tmp_path / "data", 24, size=32)
+    db = tmp_path / "db"
+    report = priorcase.open(db, encoder=tiny_clip).ingest(tmp_path / "data", batch_size=1, **FAST)
+    assert report.stored_images == 24
+    assert any("compacted" in n for n in report.notes), report.summary()
+    stats = lancedb.connect(str(db)).open_table("cases").stats()
+    assert stats["fragment_stats"]["num_fragments"] == 1
+    assert stats["num_rows"] == 24
