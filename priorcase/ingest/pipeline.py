@@ -309,11 +309,12 @@ def _clash(path: Path, image_id: str) -> str:
 
 def _findings_changed(task: _Task, stored_rois: list[StoredRow]) -> bool:
     """Whether the lesion ROIs the findings ask for differ from the stored ones."""
-    wanted = set()
+    wanted: dict[tuple[int, int, int], tuple] = {}
     for f in task.findings:
         if None not in (f.x, f.y, f.radius):
-            labels = tuple(sorted((k, v) for k, v in f.labels.items()))
-            wanted.add(((int(f.x), int(f.y), int(f.radius)), labels))  # type: ignore[arg-type]
+            geometry = (int(f.x), int(f.y), int(f.radius))  # type: ignore[arg-type]
+            # as _load: a repeated geometry gives one ROI, the first row's
+            wanted.setdefault(geometry, tuple(sorted(f.labels.items())))
     have = set()
     columns = {k for f in task.findings for k in f.labels}
     for row in stored_rois:
@@ -324,7 +325,7 @@ def _findings_changed(task: _Task, stored_rois: list[StoredRow]) -> bool:
     if not task.findings:
         # no findings row now: stored lesion ROIs are stale unless there were none
         return bool(have)
-    return wanted != have
+    return set(wanted.items()) != have
 
 
 def _register_columns(
