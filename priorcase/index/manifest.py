@@ -66,7 +66,12 @@ class Manifest:
         column and salt must agree; ``self`` becomes the merged manifest.
         """
         db_dir = Path(db_dir)
-        with FileLock(db_dir / LOCK_NAME, timeout=120):
+        try:
+            lock = FileLock(db_dir / LOCK_NAME, timeout=120)
+            lock.acquire()
+        except OSError as err:  # read-only folder, full disk, or held too long (Timeout)
+            raise StorageError(f"{db_dir}: cannot lock the manifest: {err}") from err
+        try:
             disk = Manifest.load(db_dir)
             if disk is not None:
                 disk.check_encoder(self.encoder, db_dir)
@@ -87,6 +92,8 @@ class Manifest:
                 self.created = disk.created
                 self.salt_fingerprint = disk.salt_fingerprint or self.salt_fingerprint
             self.save(db_dir)
+        finally:
+            lock.release()
 
     def save(self, db_dir: Path) -> None:
         """Write atomically (a private temporary file, synced, then renamed), so a crash or a

@@ -9,7 +9,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from priorcase.errors import SaltMismatchError
+from priorcase.errors import SaltMismatchError, StorageError
 
 SALT_ENV = "PRIORCASE_SALT"
 KEY_FILE_ENV = "PRIORCASE_KEY_FILE"
@@ -95,9 +95,10 @@ def _read_or_create(key_path: Path) -> bytes:
             if not salt:
                 raise SaltMismatchError(f"{key_path} is empty; delete it to generate a new salt")
             return salt
-        key_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=key_path.parent, prefix=".salt-", suffix=".tmp")
+        tmp = None
         try:
+            key_path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=key_path.parent, prefix=".salt-", suffix=".tmp")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(secrets.token_bytes(32))
                 fh.flush()
@@ -107,6 +108,10 @@ def _read_or_create(key_path: Path) -> bytes:
                 os.link(tmp, key_path)
             except FileExistsError:
                 continue  # another process created it first: read theirs
+        except OSError as err:
+            reason = err.strerror or err
+            raise StorageError(f"{key_path}: cannot create the salt key: {reason}") from err
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
     return key_path.read_bytes()
