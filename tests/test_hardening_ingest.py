@@ -322,11 +322,15 @@ def test_corrected_labels_and_findings_update_the_stored_rows(tmp_path: Path, ti
     film, _ = breast_like(256, seed=1)
     Image.fromarray(film).save(data / "f1.png")
     write_png(data / "f2.png", 2, size=128)
-    labels = write_csv(tmp_path / "labels.csv", ["image_id", "tissue"], [["f1", "F"], ["f2", "G"]])
-    findings = write_csv(
+    labels = write_csv(
+        tmp_path / "labels.csv",
+        ["image_id", "tissue", "density"],
+        [["f1", "F", "2"], ["f2", "G", "1"]],
+    )
+    findings = write_csv(  # the lesion has its own density: a label correction keeps it
         tmp_path / "findings.csv",
-        ["image_id", "severity", "x", "y", "radius"],
-        [["f1", "benign", "60", "120", "20"]],
+        ["image_id", "severity", "density", "x", "y", "radius"],
+        [["f1", "benign", "4", "60", "120", "20"]],
     )
     db = tmp_path / "db"
     pc = priorcase.open(db, encoder=tiny_clip)
@@ -335,19 +339,22 @@ def test_corrected_labels_and_findings_update_the_stored_rows(tmp_path: Path, ti
     thumb_before = _rows(db)["f1-roi1"]["thumbnail"]
 
     # a corrected labels row: updated in place, ROI rows follow the image's label
-    write_csv(labels, ["image_id", "tissue"], [["f1", "D"], ["f2", "G"]])
+    write_csv(labels, ["image_id", "tissue", "density"], [["f1", "D", "3"], ["f2", "G", "1"]])
     second = pc.ingest(data, labels=labels, findings=findings, **FAST)
     assert (second.stored, second.updated, second.duplicates) == (0, 1, 1)
     assert "updated 1" in second.summary()
     rows = _rows(db)
     assert rows["f1"]["tissue"] == "D" and rows["f1-roi1"]["tissue"] == "D"
+    assert rows["f1"]["density"] == "3" and rows["f1-roi1"]["density"] == "4"
     assert rows["f1-roi1"]["severity"] == "benign"
+    again = pc.ingest(data, labels=labels, findings=findings, **FAST)
+    assert (again.stored, again.updated, again.duplicates) == (0, 0, 2)
 
     # a corrected finding (moved, reclassified) replaces the ROI; a second one is added
     write_csv(
         findings,
-        ["image_id", "severity", "x", "y", "radius"],
-        [["f1", "malignant", "80", "100", "24"], ["f1", "benign", "40", "160", "16"]],
+        ["image_id", "severity", "density", "x", "y", "radius"],
+        [["f1", "malignant", "4", "80", "100", "24"], ["f1", "benign", "4", "40", "160", "16"]],
     )
     third = pc.ingest(data, labels=labels, findings=findings, **FAST)
     assert third.updated == 1 and third.failures == [], third.summary()

@@ -185,9 +185,16 @@ class CaseStore:
         with self._lock:
             return self._retry(write)
 
-    def update_labels(self, image_id: str, values: dict[str, str | None]) -> int:
-        """Set label columns of an image and its ROIs in place (a corrected labels row)."""
+    def update_labels(
+        self,
+        image_id: str,
+        values: dict[str, str | None],
+        previous: dict[str, str | None] | None = None,
+    ) -> int:
+        """Set label columns of an image in place (a corrected labels row), and of its ROIs
+        where they inherited the ``previous`` value (a finding's own label is kept)."""
         fields = {field_name(c): v for c, v in values.items()}
+        old = {field_name(c): v for c, v in (previous or {}).items()}
 
         def write() -> int:
             table = self.table
@@ -195,8 +202,15 @@ class CaseStore:
             missing = [f for f in fields if f not in table.schema.names]
             if missing:
                 table.add_columns({name: "cast(NULL as string)" for name in missing})
-            where = f"id = {sql_quote(image_id)} OR parent_id = {sql_quote(image_id)}"
-            return int(table.update(where=where, values=fields).rows_updated)
+            rows = int(
+                table.update(where=f"id = {sql_quote(image_id)}", values=fields).rows_updated
+            )
+            for name, value in fields.items():
+                before = old.get(name)
+                same = f"`{name}` IS NULL" if before is None else f"`{name}` = {sql_quote(before)}"
+                where = f"parent_id = {sql_quote(image_id)} AND {same}"
+                rows += int(table.update(where=where, values={name: value}).rows_updated)
+            return rows
 
         with self._lock:
             return self._retry(write)

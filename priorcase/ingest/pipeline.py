@@ -190,8 +190,8 @@ def ingest(
         if tasks or label_updates:
             manifest.commit(store.db_dir)  # columns first: a crash leaves only unused names
             store.manifest = manifest
-        for image_id, values in label_updates:
-            store.update_labels(image_id, values)
+        for image_id, values, previous in label_updates:
+            store.update_labels(image_id, values, previous)
             report.updated += 1
             commits += 1
         if tasks:
@@ -234,7 +234,7 @@ def _plan(
     findings: dict[str, list[Finding]],
     options: IngestOptions,
     report: IngestReport,
-) -> tuple[list[_Task], list[tuple[str, dict[str, str | None]]]]:
+) -> tuple[list[_Task], list[tuple[str, dict[str, str | None], dict[str, str | None]]]]:
     """Hash files and sort them into new, corrected (re-embedded, or labels updated in
     place) and unchanged ones; refuse an id stored with other bytes."""
     if options.normal_roi_radius is not None:
@@ -248,7 +248,7 @@ def _plan(
         if row.parent_id is not None:
             rois_of.setdefault(row.parent_id, []).append(row)
     tasks: list[_Task] = []
-    label_updates: list[tuple[str, dict[str, str | None]]] = []
+    label_updates: list[tuple[str, dict[str, str | None], dict[str, str | None]]] = []
     first_with: dict[str, str] = {}
     same_content: list[str] = []
     for path in tqdm(files, desc="hashing", unit="file", disable=not options.progress):
@@ -289,7 +289,7 @@ def _plan(
             continue
         changed = {c: v for c, v in task.labels.items() if known.labels.get(c) != v}
         if changed:
-            label_updates.append((image_id, changed))
+            label_updates.append((image_id, changed, known.labels))
         else:
             report.duplicates += 1
     if same_content:
@@ -448,7 +448,7 @@ def _write(
             ours.add(record.id)
             changed = {c: v for c, v in record.labels.items() if row.labels.get(c) != v}
             if changed and not update:
-                store.update_labels(record.id, changed)
+                store.update_labels(record.id, changed, row.labels)
                 commits += 1
                 merged += 1
         report.updated += merged
