@@ -89,7 +89,7 @@ def build_library(db: Path, n_cases: int, n_seeds: int):
         batch.append(
             CaseRecord(
                 id=f"syn{i:06d}", kind="image", vector=vector, key=f"syn-{i}",
-                content_hash=f"syn-{i}", path=f"synthetic/{i}.png",
+                content_hash=f"syn-{i}",
                 labels={c: values[c] for c in manifest.label_columns},
                 metadata={c: values[c] for c in manifest.metadata_columns},
                 patient=f"anon-syn{i // 2}", group=f"anon-syn{i // 2}", thumbnail=thumbs[j],

@@ -12,7 +12,7 @@ from priorcase.classifiers.joint_space import ClipSpace, JointSpace
 from priorcase.classifiers.reports import report_from_labels
 from priorcase.encoders import Encoder, create_default_encoder, create_encoder
 from priorcase.errors import EncoderMismatchError, QueryError
-from priorcase.index.store import CaseStore
+from priorcase.index.store import CaseStore, sql_quote
 from priorcase.ingest.pipeline import ROI_TYPE, IngestOptions, ingest
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, read_image
@@ -76,10 +76,44 @@ class PriorCase:
             sources = [sources]
         return ingest(self.store, self.encoder, list(sources), IngestOptions(**options))
 
+    def delete(
+        self,
+        ids: Iterable[str] = (),
+        where: str | None = None,
+        patient: str | None = None,
+    ) -> tuple[int, int]:
+        """Erase cases: by id, by a SQL filter, or every case of one patient pseudonym.
+
+        Their ROIs and every derived file (saved heads, aligners, FAISS caches) go too, and
+        the table is compacted so the pixels and thumbnails leave the disk. Returns (images,
+        ROIs) deleted.
+        """
+        chosen = set(ids)
+        if where is not None:
+            chosen |= self.store.ids_matching(where)
+        if patient is not None:
+            chosen |= self.store.ids_matching(f"patient = {sql_quote(patient)}")
+        if not chosen and not (where or patient):
+            raise QueryError("give ids, a where filter or a patient pseudonym to delete")
+        deleted = self.store.delete_cases(sorted(chosen))
+        self._space = None
+        self._classifiers = None
+        return deleted
+
+    def pseudonym(self, patient_id: str) -> str | None:
+        """The library's pseudonym of a patient ID (its salt checked against the manifest)."""
+        return self._pseudonymizer()(patient_id)
+
+    def _pseudonymizer(self) -> Pseudonymizer:
+        pseudonymize = Pseudonymizer.for_index(self.store.db_dir)
+        if self.store.manifest is not None:
+            self.store.manifest.check_salt(pseudonymize.fingerprint(), self.store.db_dir)
+        return pseudonymize
+
     # ------------------------------------------------------------------ queries
     def read(self, path: str | Path) -> LoadedImage:
         """Decode a query file exactly as ingest would (DICOM identifiers pseudonymised)."""
-        return read_image(Path(path), Pseudonymizer.for_index(self.store.db_dir))
+        return read_image(Path(path), self._pseudonymizer())
 
     def embed(self, image: LoadedImage) -> np.ndarray:
         """The image-space vector of a decoded image."""

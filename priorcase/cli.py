@@ -40,11 +40,31 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         normal_rois=args.normal_rois,
         normal_roi_radius=args.normal_roi_radius,
         progress=not args.quiet,
+        identifier_columns=tuple(
+            c.strip() for c in (args.identifier_columns or "").split(",") if c.strip()
+        ),
     )
     print(report.summary())
-    if report.stored == 0 and (report.failures or report.duplicates == 0):
+    if report.stopped:
+        print(f"priorcase: error: {report.stopped}", file=sys.stderr)
+        return 1
+    if report.stored + report.updated == 0 and (report.failures or report.duplicates == 0):
         return 1
     return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    import priorcase
+
+    pc = priorcase.open(args.db, notify=lambda message: print(message, file=sys.stderr))
+    if pc.store.manifest is None:
+        raise PriorcaseError(f"{args.db} is not a priorcase index (no manifest)")
+    patient = args.patient
+    if args.patient_id is not None:
+        patient = pc.pseudonym(args.patient_id)
+    images, rois = pc.delete(ids=args.id or (), where=args.where, patient=patient)
+    print(f"deleted {images} images and {rois} ROIs; derived files removed, table compacted")
+    return 0 if images + rois else 1
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -151,8 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="fixed radius of normal ROIs (default: drawn from the findings' lesion radii)",
     )
+    p.add_argument(
+        "--identifier-columns",
+        help="comma-separated CSV columns never to store, besides the built-in list "
+        "(patient_name, birth_date, mrn, accession, ...)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("delete", help="erase cases, their ROIs and derived files")
+    with_db(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", nargs="+", help="case ids")
+    which.add_argument("--where", help="LanceDB SQL filter, e.g. \"tissue = 'D'\"")
+    which.add_argument("--patient", help="a patient pseudonym (anon-...)")
+    which.add_argument(
+        "--patient-id", help="a patient's ID (pseudonymised with the library's salt, not kept)"
+    )
+    p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("search", help="nearest stored cases to an image, a text or an id")
     with_db(p)

@@ -32,3 +32,11 @@ class QueryError(PriorcaseError):
 
 class LabelsError(PriorcaseError):
     """A labels or findings CSV is malformed."""
+
+
+class SaltMismatchError(PriorcaseError):
+    """The pseudonym salt differs from the one the library was built with."""
+
+
+class StorageError(PriorcaseError):
+    """The library could not be written (disk full, read-only, file size limit...)."""

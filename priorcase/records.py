@@ -41,9 +41,8 @@ class CaseRecord:
     id: str
     kind: str  # "image" | "roi"
     vector: np.ndarray
-    key: str  # dedup key: content hash, plus the ROI geometry for ROI rows
-    content_hash: str
-    path: str
+    key: str  # the row's id (libraries before 0.2 hold the content hash here)
+    content_hash: str  # SHA-256 of the source file: the same bytes under two ids share it
     labels: dict[str, str | None] = field(default_factory=dict)
     metadata: dict[str, str | None] = field(default_factory=dict)
     patient: str | None = None  # salted pseudonym, never the identifier itself
@@ -62,7 +61,6 @@ class SearchHit:
     kind: str
     labels: dict[str, str | None]
     metadata: dict[str, str | None]
-    path: str
     patient: str | None = None
     group: str | None = None
     parent_id: str | None = None
@@ -70,14 +68,14 @@ class SearchHit:
     thumbnail: bytes = field(default=b"", repr=False)
 
     def to_json(self) -> dict:
-        """The JSON shape of ``priorcase search --json`` (no thumbnail bytes)."""
+        """The JSON shape of ``priorcase search --json`` (no thumbnail bytes; source paths
+        are never stored, as folder and file names from PACS exports hold patient names)."""
         out: dict = {
             "id": self.id,
             "score": float(self.score),
             "kind": self.kind,
             "labels": self.labels,
             "metadata": self.metadata,
-            "path": self.path,
         }
         if self.parent_id is not None:
             out["parent_id"] = self.parent_id
@@ -92,11 +90,13 @@ class IngestReport:
 
     stored_images: int = 0
     stored_rois: int = 0
+    updated: int = 0  # stored images whose labels or findings were corrected
     duplicates: int = 0
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     encoder: str = ""
     seconds: float = 0.0
+    stopped: str | None = None  # why the ingest stopped early (e.g. the disk is full)
 
     @property
     def stored(self) -> int:
@@ -105,9 +105,12 @@ class IngestReport:
     def summary(self) -> str:
         lines = [
             f"stored {self.stored_images} images and {self.stored_rois} ROIs, "
-            f"skipped {self.duplicates} duplicates, {len(self.failures)} failed "
+            + (f"updated {self.updated}, " if self.updated else "")
+            + f"skipped {self.duplicates} duplicates, {len(self.failures)} failed "
             f"(encoder {self.encoder}, {self.seconds:.1f} s)"
         ]
+        if self.stopped:
+            lines.append(f"  stopped: {self.stopped}")
         lines += [f"  failed: {line}" for line in self.failures]
         lines += [f"  note: {line}" for line in self.notes]
         return "\n".join(lines)

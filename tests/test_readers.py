@@ -120,16 +120,8 @@ def test_dicom_monochrome2_window(tmp_path: Path) -> None:
     assert px[arr > 2600].min() == 255
     mid = px[(arr > 2000) & (arr < 2100)]
     assert 100 < mid.mean() < 155
-    assert img.metadata == {
-        "modality": "MG",
-        "view_position": "CC",
-        "laterality": "L",
-        "body_part": "BREAST",
-        "manufacturer": "ACME",
-        "study_date": "20240131",
-        "width": "16",
-        "height": "12",
-    }
+    # coded tags only: free text (body part, manufacturer) and dates are never read
+    assert img.metadata == {"modality": "MG", "view_position": "CC", "laterality": "L"}
 
 
 def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from priorcase.errors import EncoderMismatchError
+from filelock import FileLock
+
+from priorcase.errors import EncoderMismatchError, PriorcaseError, SaltMismatchError, StorageError
 
 MANIFEST_NAME = "priorcase-manifest.json"
+LOCK_NAME = ".priorcase-manifest.lock"
 FORMAT_VERSION = 1
 
 
@@ -25,6 +29,8 @@ class Manifest:
     created: str = field(default_factory=lambda: _now())
     updated: str = field(default_factory=lambda: _now())
     format: int = FORMAT_VERSION
+    # HMAC of a fixed text under the pseudonym salt (Pseudonymizer.fingerprint), never the salt
+    salt_fingerprint: str | None = None
 
     @property
     def encoder_spec(self) -> str:
@@ -44,12 +50,70 @@ class Manifest:
                 "embeddings of two encoders are not comparable. Use another --db."
             )
 
+    def check_salt(self, fingerprint: str, db_dir: Path) -> None:
+        """Raise unless the salt with this fingerprint is the one the library was built with."""
+        if self.salt_fingerprint is not None and self.salt_fingerprint != fingerprint:
+            raise SaltMismatchError(
+                f"index {db_dir} was built with another pseudonym salt (fingerprint "
+                f"{self.salt_fingerprint}, now {fingerprint}): check $PRIORCASE_SALT and "
+                "$PRIORCASE_KEY_FILE; the same patient would get two pseudonyms"
+            )
+
+    def commit(self, db_dir: Path) -> None:
+        """Merge into the manifest on disk under a cross-process lock, then write it.
+
+        Columns are unioned (a concurrent ingest's columns are kept), the encoder, group
+        column and salt must agree; ``self`` becomes the merged manifest.
+        """
+        db_dir = Path(db_dir)
+        try:
+            lock = FileLock(db_dir / LOCK_NAME, timeout=120)
+            lock.acquire()
+        except OSError as err:  # read-only folder, full disk, or held too long (Timeout)
+            raise StorageError(f"{db_dir}: cannot lock the manifest: {err}") from err
+        try:
+            disk = Manifest.load(db_dir)
+            if disk is not None:
+                disk.check_encoder(self.encoder, db_dir)
+                if disk.group_column != self.group_column:
+                    raise PriorcaseError(
+                        f"index {db_dir} groups by {disk.group_column!r}; "
+                        f"cannot ingest with --group {self.group_column!r}"
+                    )
+                if self.salt_fingerprint is not None:
+                    disk.check_salt(self.salt_fingerprint, db_dir)
+                labels = _union(disk.label_columns, self.label_columns)
+                self.metadata_columns = [
+                    c
+                    for c in _union(disk.metadata_columns, self.metadata_columns)
+                    if c not in labels
+                ]
+                self.label_columns = labels
+                self.created = disk.created
+                self.salt_fingerprint = disk.salt_fingerprint or self.salt_fingerprint
+            self.save(db_dir)
+        finally:
+            lock.release()
+
     def save(self, db_dir: Path) -> None:
-        """Write atomically, so a crash never leaves half a manifest."""
+        """Write atomically (a private temporary file, synced, then renamed), so a crash or a
+        full disk never leaves half a manifest nor a stray temporary file."""
         self.updated = _now()
-        tmp = db_dir / (MANIFEST_NAME + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
-        os.replace(tmp, db_dir / MANIFEST_NAME)
+        text = json.dumps(asdict(self), indent=2, sort_keys=True)
+        fd, tmp = tempfile.mkstemp(dir=db_dir, prefix=".manifest-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # no secret inside: readable like the table
+            os.replace(tmp, db_dir / MANIFEST_NAME)
+        except OSError as err:
+            raise StorageError(
+                f"{db_dir}: cannot write the manifest: {err.strerror or err}"
+            ) from err
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, db_dir: Path) -> Manifest | None:
@@ -57,6 +121,10 @@ class Manifest:
         if not path.exists():
             return None
         return cls(**json.loads(path.read_text()))
+
+
+def _union(first: list[str], second: list[str]) -> list[str]:
+    return first + [c for c in second if c not in first]
 
 
 def _now() -> str:

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import random
+import shutil
 import threading
-from dataclasses import dataclass
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import lancedb
 import numpy as np
 import pyarrow as pa
 
-from priorcase.errors import QueryError
+from priorcase.errors import QueryError, StorageError
 from priorcase.index.manifest import Manifest
 from priorcase.records import CaseRecord, SearchHit
 
 TABLE_NAME = "cases"
+# Files derived from the table (rebuilt on demand); removed when cases are deleted, so no
+# erased case survives in a saved head, aligner or FAISS index.
+DERIVED_DIRS = ("classifiers", "faiss")
+DERIVED_GLOBS = ("text-aligner-v*.pt",)
+# Compact after an ingest that made at least this many commits.
+OPTIMIZE_AFTER_COMMITS = 20
+_RETRIES = 8
+_T = TypeVar("_T")
+# "path" stays reserved: old libraries stored source paths there; new rows never do.
 FIXED_COLUMNS = (
     "id",
     "key",
@@ -42,6 +58,18 @@ class Snapshot:
     groups: np.ndarray
     patients: np.ndarray
     vectors: np.ndarray  # float32 (n, dim)
+
+
+@dataclass
+class StoredRow:
+    """What ingest needs to know about a stored row (no vectors, no thumbnails)."""
+
+    id: str
+    kind: str
+    content_hash: str
+    parent_id: str | None
+    roi: tuple[int, int, int] | None
+    labels: dict[str, str | None] = field(default_factory=dict)
 
 
 def field_name(column: str) -> str:
@@ -84,39 +112,189 @@ class CaseStore:
         return table.count_rows(f"kind = '{kind}'" if kind else None)
 
     def existing_keys(self) -> set[str]:
+        """Every stored dedup key (only that column is read)."""
         table = self.table
         if table is None:
             return set()
-        return set(table.to_arrow().column("key").to_pylist())
+        arrow = table.search().select(["key"]).limit(None).to_arrow()
+        return set(arrow.column("key").to_pylist())
 
-    def id_paths(self) -> dict[str, str]:
-        """Stored id -> source path, to refuse a second file claiming a stored id."""
+    def stored_rows(self, columns: list[str], ids: list[str] | None = None) -> dict[str, StoredRow]:
+        """Id, kind, content hash, ROI geometry and the given label columns of stored rows
+        (all of them, or those with these ids and their ROIs)."""
         table = self.table
         if table is None:
             return {}
-        cols = table.search().select(["id", "path"]).limit(None).to_arrow()
-        return dict(
-            zip(cols.column("id").to_pylist(), cols.column("path").to_pylist(), strict=True)
-        )
+        names = set(table.schema.names)
+        fields = {c: field_name(c) for c in columns if field_name(c) in names}
+        select = ["id", "kind", "content_hash", "parent_id", "roi_x", "roi_y", "roi_radius"]
+        query = table.search().select(select + sorted(set(fields.values()) - set(select)))
+        if ids is not None:
+            if not ids:
+                return {}
+            quoted = ", ".join(sql_quote(i) for i in ids)
+            query = query.where(f"id IN ({quoted}) OR parent_id IN ({quoted})")
+        out = {}
+        for row in query.limit(None).to_arrow().to_pylist():
+            roi = None
+            if row["roi_x"] is not None:
+                roi = (int(row["roi_x"]), int(row["roi_y"]), int(row["roi_radius"]))
+            out[row["id"]] = StoredRow(
+                id=row["id"],
+                kind=row["kind"],
+                content_hash=row["content_hash"],
+                parent_id=row["parent_id"],
+                roi=roi,
+                labels={c: row[f] for c, f in fields.items()},
+            )
+        return out
 
-    def add(self, records: list[CaseRecord]) -> int:
-        """Insert records whose key is not stored yet, in one atomic commit; returns rows added."""
+    def add(self, records: list[CaseRecord], update: bool = False) -> tuple[int, int]:
+        """Write records in one atomic commit, keyed on ``id``; returns (inserted, updated).
+
+        LanceDB's merge_insert decides which ids are new, so two processes never store one id
+        twice. With ``update``, a stored row with the same id *and the same content hash* is
+        replaced (a corrected findings row); a row of other content is never overwritten.
+        Commit conflicts with other writers are retried.
+        """
         if not records or self.manifest is None:
-            return 0
+            return 0, 0
         columns = self.manifest.label_columns + self.manifest.metadata_columns
         data = _to_arrow(records, columns, len(records[0].vector))
-        with self._lock:
+
+        def write() -> tuple[int, int]:
             table = self.table
             if table is None:
-                self._table = self._db.create_table(TABLE_NAME, data)
-                return len(records)
+                try:
+                    self._table = self._db.create_table(TABLE_NAME, data)
+                    return len(records), 0
+                except ValueError as err:
+                    if "already exists" not in str(err):
+                        raise
+                    table = self._reopen()  # another process created it first: merge into it
             missing = [f for f in data.schema.names if f not in table.schema.names]
             if missing:
                 table.add_columns({name: "cast(NULL as string)" for name in missing})
-            before = table.count_rows()
-            # merge_insert on the dedup key: a re-run after a crash never duplicates a row.
-            table.merge_insert("key").when_not_matched_insert_all().execute(_conform(data, table))
-            return table.count_rows() - before
+            merge = table.merge_insert("id")
+            if update:
+                same_bytes = "target.content_hash = source.content_hash"
+                merge = merge.when_matched_update_all(where=same_bytes)
+            result = merge.when_not_matched_insert_all().execute(_conform(data, table))
+            return int(result.num_inserted_rows), int(result.num_updated_rows)
+
+        with self._lock:
+            return self._retry(write)
+
+    def update_labels(
+        self,
+        image_id: str,
+        values: dict[str, str | None],
+        previous: dict[str, str | None] | None = None,
+    ) -> int:
+        """Set label columns of an image in place (a corrected labels row), and of its ROIs
+        where they inherited the ``previous`` value (a finding's own label is kept)."""
+        fields = {field_name(c): v for c, v in values.items()}
+        old = {field_name(c): v for c, v in (previous or {}).items()}
+
+        def write() -> int:
+            table = self.table
+            assert table is not None
+            missing = [f for f in fields if f not in table.schema.names]
+            if missing:
+                table.add_columns({name: "cast(NULL as string)" for name in missing})
+            rows = int(
+                table.update(where=f"id = {sql_quote(image_id)}", values=fields).rows_updated
+            )
+            for name, value in fields.items():
+                before = old.get(name)
+                same = f"`{name}` IS NULL" if before is None else f"`{name}` = {sql_quote(before)}"
+                where = f"parent_id = {sql_quote(image_id)} AND {same}"
+                rows += int(table.update(where=where, values={name: value}).rows_updated)
+            return rows
+
+        with self._lock:
+            return self._retry(write)
+
+    def delete_rows(self, where: str) -> int:
+        """Delete rows matching a predicate built by this package; returns rows deleted."""
+        table = self.table
+        if table is None:
+            return 0
+        with self._lock:
+            return self._retry(lambda: int(table.delete(where).num_deleted_rows))
+
+    def delete_cases(self, ids: list[str]) -> tuple[int, int]:
+        """Erase cases: the rows with these ids, their ROIs, every file derived from the
+        table, and (by compaction) every old version that still holds their pixels.
+
+        Returns (images, ROIs) deleted.
+        """
+        table = self.table
+        if table is None or not ids:
+            return 0, 0
+        quoted = ", ".join(sql_quote(i) for i in ids)
+        where = f"id IN ({quoted}) OR parent_id IN ({quoted})"
+        images = table.count_rows(f"kind = 'image' AND ({where})")
+        total = self.delete_rows(where)
+        self.remove_derived()
+        self.compact()
+        return images, total - images
+
+    def remove_derived(self) -> None:
+        """Delete saved heads, aligners and FAISS caches: they are rebuilt from the table."""
+        for name in DERIVED_DIRS:
+            shutil.rmtree(self.db_dir / name, ignore_errors=True)
+        for pattern in DERIVED_GLOBS:
+            for path in self.db_dir.glob(pattern):
+                path.unlink(missing_ok=True)
+
+    def compact(self) -> None:
+        """Merge small fragments and drop every old version, so deleted rows leave the disk."""
+        table = self.table
+        if table is None:
+            return
+        with self._lock, warnings.catch_warnings():
+            # LanceDB warns that readers of old versions fail: erasure means exactly that
+            warnings.simplefilter("ignore", UserWarning)
+            self._retry(
+                lambda: table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+            )
+
+    def maybe_optimize(self, commits: int) -> bool:
+        """Compact after a large ingest (old versions are kept: readers may still use them)."""
+        table = self.table
+        if table is None or commits < OPTIMIZE_AFTER_COMMITS:
+            return False
+        with self._lock:
+            self._retry(table.optimize)
+        return True
+
+    def _reopen(self) -> lancedb.table.Table:
+        self._table = None
+        table = self.table
+        assert table is not None
+        return table
+
+    def _retry(self, write: Callable[[], _T]) -> _T:
+        """Run a write, retrying LanceDB commit conflicts with concurrent writers; an I/O
+        failure (full disk, read-only folder) becomes one :class:`StorageError` line."""
+        for attempt in range(_RETRIES):
+            try:
+                return write()
+            except Exception as err:
+                text = str(err)
+                io_problem = _io_problem(err)
+                if io_problem:
+                    raise StorageError(f"{self.db_dir}: cannot write: {io_problem}") from err
+                retryable = any(
+                    s in text.lower()
+                    for s in ("conflict", "retryable", "already exists", "concurrent")
+                )
+                if not retryable or attempt == _RETRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+                self._reopen()
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ reading
     def snapshot(self, kind: str | None = None) -> Snapshot:
@@ -182,7 +360,7 @@ class CaseStore:
         table = self.table
         if table is None or not ids:
             return {}
-        quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
+        quoted = ", ".join(sql_quote(i) for i in ids)
         cols = [c for c in table.schema.names if with_vectors or c != "vector"]
         rows = table.search().where(f"id IN ({quoted})").select(cols).limit(None).to_arrow()
         return {row["id"]: row for row in rows.to_pylist()}
@@ -204,7 +382,6 @@ class CaseStore:
             kind=row["kind"],
             labels={c: row.get(field_name(c)) for c in manifest.label_columns},
             metadata={c: row.get(field_name(c)) for c in manifest.metadata_columns},
-            path=row["path"],
             patient=row.get("patient"),
             group=row.get("group"),
             parent_id=row.get("parent_id"),
@@ -237,7 +414,6 @@ def _to_arrow(records: list[CaseRecord], columns: list[str], dim: int) -> pa.Tab
         "kind": pa.array([r.kind for r in records], pa.string()),
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dim),
         "content_hash": pa.array([r.content_hash for r in records], pa.string()),
-        "path": pa.array([r.path for r in records], pa.string()),
         "patient": pa.array([r.patient for r in records], pa.string()),
         "group": pa.array([r.group for r in records], pa.string()),
         "parent_id": pa.array([r.parent_id for r in records], pa.string()),
@@ -250,6 +426,27 @@ def _to_arrow(records: list[CaseRecord], columns: list[str], dim: int) -> pa.Tab
         values = [{**r.metadata, **r.labels}.get(column) for r in records]
         data[field_name(column)] = pa.array(values, pa.string())
     return pa.table(data)
+
+
+def sql_quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+_IO_PROBLEMS = (
+    "No space left on device",
+    "File too large",
+    "Read-only file system",
+    "Disk quota exceeded",
+    "Permission denied",
+)
+
+
+def _io_problem(err: BaseException) -> str | None:
+    """The short reason when ``err`` (Python or LanceDB's Rust I/O) is a failed write."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err)
+    return next((p for p in _IO_PROBLEMS if p.lower() in text.lower()), None)
 
 
 def _conform(data: pa.Table, table: lancedb.table.Table) -> pa.Table:

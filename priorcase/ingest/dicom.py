@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,18 +18,18 @@ from priorcase.errors import ImageReadError
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.records import LoadedImage
 
-# Only descriptive acquisition tags are copied; anything that could identify a patient,
-# operator or institution (names, IDs, birth date, accession number, UIDs) is left out.
+MAX_PIXELS = 100_000_000  # larger images (DICOM or not) are refused before decoding
+
+# Only coded acquisition tags are copied, and only when the value looks like a code (CS:
+# upper-case letters, digits, space, underscore, at most 16). Free-text fields that sites
+# fill with names (BodyPartExamined, Manufacturer, InstitutionName, any PN value), IDs,
+# dates and UIDs are never read.
 _METADATA_TAGS: dict[str, tuple[str, ...]] = {
     "modality": ("Modality",),
     "view_position": ("ViewPosition",),
     "laterality": ("ImageLaterality", "Laterality"),
-    "body_part": ("BodyPartExamined",),
-    "manufacturer": ("Manufacturer",),
-    "study_date": ("StudyDate",),
-    "width": ("Columns",),
-    "height": ("Rows",),
 }
+_CODE = re.compile(r"[A-Z0-9 _]{1,16}")
 
 _COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"}
 
@@ -50,6 +51,16 @@ def read_dicom(path: Path, pseudonymize: Pseudonymizer) -> LoadedImage:
             raise ImageReadError(path, "DICOM float pixel data is not supported")
         raise ImageReadError(path, "DICOM has no pixel data")
 
+    rows, columns = _int(ds.get("Rows", 0), default=0), _int(ds.get("Columns", 0), default=0)
+    if rows * columns > MAX_PIXELS:
+        raise ImageReadError(
+            path,
+            f"image too large: {columns}x{rows} pixels "
+            f"(limit {MAX_PIXELS // 1_000_000} megapixels); not decoded",
+        )
+    slope = ds.get("RescaleSlope")
+    if slope is not None and _float(slope) == 0.0:
+        raise ImageReadError(path, "RescaleSlope is 0: every pixel would have the same value")
     raw = _decode(path, ds)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     try:
@@ -186,10 +197,17 @@ def _metadata(ds: Dataset) -> dict[str, str]:
     for key, keywords in _METADATA_TAGS.items():
         for keyword in keywords:
             value = _text(ds.get(keyword))
-            if value:
+            if value and _CODE.fullmatch(value):
                 meta[key] = value
                 break
     return meta
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _text(value: Any) -> str | None:

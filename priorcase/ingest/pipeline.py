@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import os
 import time
@@ -18,12 +19,19 @@ from tqdm.auto import tqdm
 
 from priorcase.encoders.base import Encoder
 from priorcase.encoders.preprocess import PreprocessConfig, preprocess_pixels
-from priorcase.errors import ImageReadError, PriorcaseError
+from priorcase.errors import ImageReadError, LabelsError, PriorcaseError, StorageError
 from priorcase.index.manifest import Manifest
-from priorcase.index.store import CaseStore
+from priorcase.index.store import CaseStore, StoredRow, sql_quote
+from priorcase.ingest.columns import MAX_COLUMNS, check_names
 from priorcase.ingest.labels import PATIENT_COLUMN, LabelTable, read_findings, read_labels
 from priorcase.ingest.pseudonym import Pseudonymizer
-from priorcase.ingest.readers import file_sha256, iter_image_files, read_image
+from priorcase.ingest.readers import (
+    check_regular_file,
+    file_id,
+    file_sha256,
+    iter_image_files,
+    read_image,
+)
 from priorcase.ingest.roi import crop_roi, sample_normal_rois
 from priorcase.ingest.thumbnails import make_thumbnail
 from priorcase.records import CaseRecord, Finding, IngestReport
@@ -48,6 +56,8 @@ class IngestOptions:
     # tell them apart by scale alone)
     normal_roi_radius: int | None = None
     progress: bool = True
+    # extra column names never stored (besides IDENTIFIER_WORDS, see ingest.columns)
+    identifier_columns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -60,6 +70,7 @@ class _Task:
     findings: list[Finding] = field(default_factory=list)
     normal_rois: int = 0
     normal_roi_radii: tuple[int, ...] = (DEFAULT_NORMAL_RADIUS,)
+    update: bool = False  # stored with the same bytes, findings changed: replace its rows
 
 
 class _FileDataset(Dataset):
@@ -138,40 +149,57 @@ def ingest(
     sources: Iterable[str | Path],
     options: IngestOptions | None = None,
 ) -> IngestReport:
-    """Embed and store every image under ``sources``; see :class:`IngestReport` for the outcome."""
+    """Embed and store every image under ``sources``; see :class:`IngestReport` for the outcome.
+
+    Everything that can be refused (encoder, salt, group column, CSV columns) is checked
+    before the first write, so a refused ingest changes neither rows nor the manifest.
+    A file whose id is stored with the same bytes is skipped, or updated when its labels or
+    findings changed; a write failure (full disk) stops the ingest with ``report.stopped``.
+    """
     options = options or IngestOptions()
     started = time.perf_counter()
     report = IngestReport(encoder=encoder.spec)
-    described = encoder.describe()
-    if store.manifest is None:
-        store.manifest = Manifest(encoder=described, group_column=options.group)
-    else:
-        store.manifest.check_encoder(described, store.db_dir)
-        if store.manifest.group_column != options.group:
-            raise PriorcaseError(
-                f"index {store.db_dir} groups by {store.manifest.group_column!r}; "
-                f"cannot ingest with --group {options.group!r}"
-            )
-    labels = read_labels(options.labels) if options.labels else None
-    findings = read_findings(options.findings) if options.findings else {}
+    pseudonymize = Pseudonymizer.for_index(store.db_dir)
+    manifest = _working_manifest(store, encoder.describe(), options, pseudonymize.fingerprint())
+    identifiers = tuple(options.identifier_columns)
+    labels = None
+    if options.labels:
+        labels = read_labels(options.labels, options.group, identifiers, pseudonymize)
+        report.notes += labels.notes
+    findings = (
+        read_findings(options.findings, identifiers, report.notes) if options.findings else {}
+    )
     if options.normal_rois and options.findings is None:
         # without findings every film would count as normal, abnormal ones included
         raise PriorcaseError(
             "--normal-rois needs --findings: normal ROIs are sampled on films "
             "that have no findings row"
         )
+    _register_columns(manifest, labels, findings, options)
     sources = [Path(s) for s in sources]
-    files = iter_image_files(sources)
+    skipped: list[str] = []
+    files = iter_image_files(sources, skipped, report.notes)
+    report.failures += skipped
     if not files:
         report.notes.append("no image files found in " + ", ".join(str(s) for s in sources))
     if labels is not None:
         report.failures += labels.problems + labels.unmatched(files)
-    tasks = _plan(store, files, labels, findings, options, report)
-    pseudonymize = Pseudonymizer.for_index(store.db_dir)
-    _register_columns(store.manifest, labels, findings, options)
-    if tasks:
-        _embed_and_store(store, encoder, tasks, pseudonymize, options, report)
-    store.manifest.save(store.db_dir)
+    tasks, label_updates = _plan(store, manifest, files, labels, findings, options, report)
+    commits = 0
+    try:
+        if tasks or label_updates:
+            manifest.commit(store.db_dir)  # columns first: a crash leaves only unused names
+            store.manifest = manifest
+        for image_id, values, previous in label_updates:
+            store.update_labels(image_id, values, previous)
+            report.updated += 1
+            commits += 1
+        if tasks:
+            commits += _embed_and_store(store, encoder, tasks, pseudonymize, options, report)
+        if store.maybe_optimize(commits):
+            report.notes.append(f"compacted the table after {commits} commits")
+    except StorageError as err:
+        report.stopped = str(err)
     unlabelled = sum(1 for t in tasks if labels is not None and not any(t.labels.values()))
     if unlabelled:
         report.notes.append(f"{unlabelled} images have no row in {options.labels}")
@@ -179,54 +207,125 @@ def ingest(
     return report
 
 
+def _working_manifest(
+    store: CaseStore, described: dict, options: IngestOptions, fingerprint: str
+) -> Manifest:
+    """A copy of the library's manifest (or a new one) after the checks that refuse a run."""
+    current = store.manifest
+    if current is None:
+        return Manifest(encoder=described, group_column=options.group, salt_fingerprint=fingerprint)
+    current.check_encoder(described, store.db_dir)
+    current.check_salt(fingerprint, store.db_dir)
+    if current.group_column != options.group:
+        raise PriorcaseError(
+            f"index {store.db_dir} groups by {current.group_column!r}; "
+            f"cannot ingest with --group {options.group!r}"
+        )
+    manifest = copy.deepcopy(current)
+    manifest.salt_fingerprint = manifest.salt_fingerprint or fingerprint
+    return manifest
+
+
 def _plan(
     store: CaseStore,
+    manifest: Manifest,
     files: list[Path],
     labels: LabelTable | None,
     findings: dict[str, list[Finding]],
     options: IngestOptions,
     report: IngestReport,
-) -> list[_Task]:
-    """Hash files, drop stored duplicates and id clashes, attach labels and findings."""
+) -> tuple[list[_Task], list[tuple[str, dict[str, str | None], dict[str, str | None]]]]:
+    """Hash files and sort them into new, corrected (re-embedded, or labels updated in
+    place) and unchanged ones; refuse an id stored with other bytes."""
     if options.normal_roi_radius is not None:
         radii: tuple[int, ...] = (options.normal_roi_radius,)
     else:
         lesion_radii = [f.radius for rows in findings.values() for f in rows if f.radius]
         radii = tuple(sorted(lesion_radii)) or (DEFAULT_NORMAL_RADIUS,)
-    known_keys = store.existing_keys()
-    id_paths = store.id_paths()
+    stored = store.stored_rows(manifest.label_columns)
+    rois_of: dict[str, list[StoredRow]] = {}
+    for row in stored.values():
+        if row.parent_id is not None:
+            rois_of.setdefault(row.parent_id, []).append(row)
     tasks: list[_Task] = []
+    label_updates: list[tuple[str, dict[str, str | None], dict[str, str | None]]] = []
+    first_with: dict[str, str] = {}
+    same_content: list[str] = []
     for path in tqdm(files, desc="hashing", unit="file", disable=not options.progress):
         try:
+            check_regular_file(path)  # never open a FIFO: it would block
             digest = file_sha256(path)
+        except ImageReadError as err:
+            report.failures.append(str(err))
+            continue
         except OSError as err:
             report.failures.append(f"{path}: cannot read: {err.strerror or err}")
             continue
-        if digest in known_keys:
-            report.duplicates += 1
-            continue
         row = labels.lookup(path) if labels else None
-        image_id = (row.image_id if row and row.image_id else None) or path.stem
-        if image_id in id_paths:
-            report.failures.append(
-                f"{path}: duplicate id {image_id!r} (already used by {id_paths[image_id]})"
-            )
-            continue
-        known_keys.add(digest)
-        id_paths[image_id] = str(path)
-        tasks.append(
-            _Task(
-                path=path.resolve(),
-                image_id=image_id,
-                content_hash=digest,
-                labels=dict(row.labels) if row else {},
-                patient_key=row.patient_key if row else None,
-                findings=findings.get(image_id, []),
-                normal_rois=options.normal_rois,
-                normal_roi_radii=radii,
-            )
+        image_id = (row.image_id if row and row.image_id else None) or file_id(path)
+        if first_with.setdefault(digest, image_id) != image_id:
+            same_content.append(f"{image_id} = {first_with[digest]}")
+        task = _Task(
+            path=path.resolve(),
+            image_id=image_id,
+            content_hash=digest,
+            labels=dict(row.labels) if row else {},
+            patient_key=row.patient_key if row else None,
+            findings=findings.get(image_id, []),
+            normal_rois=options.normal_rois,
+            normal_roi_radii=radii,
         )
-    return tasks
+        known = stored.get(image_id)
+        if known is None or known.kind != "image":
+            tasks.append(task)
+            continue
+        if known.content_hash != digest:
+            report.failures.append(_clash(path, image_id))
+            continue
+        if options.findings is not None and _findings_changed(task, rois_of.get(image_id, [])):
+            task.labels = {**known.labels, **task.labels}  # keep other runs' columns
+            task.update = True
+            tasks.append(task)
+            continue
+        changed = {c: v for c, v in task.labels.items() if known.labels.get(c) != v}
+        if changed:
+            label_updates.append((image_id, changed, known.labels))
+        else:
+            report.duplicates += 1
+    if same_content:
+        report.notes.append(
+            f"{len(same_content)} files have the same bytes as another file, each stored "
+            "under its own id: " + ", ".join(same_content[:10])
+        )
+    return tasks, label_updates
+
+
+def _clash(path: Path, image_id: str) -> str:
+    return (
+        f"{path}: duplicate id {image_id!r}: a file with other content is stored under it; "
+        "rename the file or give it an image_id in the labels CSV"
+    )
+
+
+def _findings_changed(task: _Task, stored_rois: list[StoredRow]) -> bool:
+    """Whether the lesion ROIs the findings ask for differ from the stored ones."""
+    wanted: dict[tuple[int, int, int], tuple] = {}
+    for f in task.findings:
+        if None not in (f.x, f.y, f.radius):
+            geometry = (int(f.x), int(f.y), int(f.radius))  # type: ignore[arg-type]
+            # as _load: a repeated geometry gives one ROI, the first row's
+            wanted.setdefault(geometry, tuple(sorted(f.labels.items())))
+    have = set()
+    columns = {k for f in task.findings for k in f.labels}
+    for row in stored_rois:
+        if row.labels.get(ROI_TYPE) == "normal":
+            continue
+        labels = tuple(sorted((k, v) for k, v in row.labels.items() if k in columns))
+        have.add((row.roi, labels))
+    if not task.findings:
+        # no findings row now: stored lesion ROIs are stale unless there were none
+        return bool(have)
+    return set(wanted.items()) != have
 
 
 def _register_columns(
@@ -235,12 +334,25 @@ def _register_columns(
     findings: dict[str, list[Finding]],
     options: IngestOptions,
 ) -> None:
+    """Add this run's label columns to the manifest, refusing one that would share a table
+    field with a stored column of another name (``kind`` vs ``label_kind``)."""
     columns = list(labels.columns) if labels else []
     for rows in findings.values():
         for finding in rows:
             columns += [c for c in finding.labels if c not in columns]
     if findings or options.normal_rois:
         columns.append(ROI_TYPE)
+    new = [c for c in columns if c not in manifest.label_columns + manifest.metadata_columns]
+    check_names(
+        new,
+        options.labels or options.findings,
+        reserved=manifest.label_columns + manifest.metadata_columns,
+    )
+    if len(manifest.label_columns) + len(new) > MAX_COLUMNS:
+        raise LabelsError(
+            f"index would have {len(manifest.label_columns) + len(new)} label columns; "
+            f"at most {MAX_COLUMNS} are supported"
+        )
     for column in columns:
         if column not in manifest.label_columns:
             manifest.label_columns.append(column)
@@ -255,7 +367,8 @@ def _embed_and_store(
     pseudonymize: Pseudonymizer,
     options: IngestOptions,
     report: IngestReport,
-) -> None:
+) -> int:
+    """Decode, embed and write the tasks batch by batch; returns the number of commits."""
     workers = options.workers if options.workers is not None else default_workers()
     loader = DataLoader(
         _FileDataset(tasks, encoder.preprocess_cfg, pseudonymize),
@@ -269,6 +382,7 @@ def _embed_and_store(
     manifest = store.manifest
     assert manifest is not None
     no_room: list[str] = []
+    commits = 0
     with tqdm(total=len(tasks), desc="embedding", unit="img", disable=not options.progress) as bar:
         for items in loader:
             good = [item for item in items if "error" not in item]
@@ -278,10 +392,8 @@ def _embed_and_store(
             new_meta -= set(manifest.label_columns)
             if new_meta:
                 manifest.metadata_columns += sorted(new_meta)
-                manifest.save(store.db_dir)  # columns first: a crash leaves only unused names
-            store.add(records)
-            report.stored_images += sum(1 for r in records if r.kind == "image")
-            report.stored_rois += sum(1 for r in records if r.kind == "roi")
+                manifest.commit(store.db_dir)  # columns first: a crash leaves only unused names
+            commits += _write(store, records, {i["task"].image_id: i["task"] for i in good}, report)
             no_room += [
                 item["task"].path.name
                 for item in good
@@ -294,6 +406,67 @@ def _embed_and_store(
             + ", ".join(no_room[:10])
             + (" ..." if len(no_room) > 10 else "")
         )
+    return commits
+
+
+def _write(
+    store: CaseStore, records: list[CaseRecord], tasks: dict[str, _Task], report: IngestReport
+) -> int:
+    """Write one batch: images first, keyed on id by LanceDB (so a concurrent ingest cannot
+    store an id twice); then the ROIs of the images that are ours. Returns commits made."""
+    images: dict[str, CaseRecord] = {}
+    for record in records:
+        if record.kind != "image":
+            continue
+        if record.id in images:  # two files with one id in this batch: the first one wins
+            report.failures.append(_clash(tasks[record.id].path, record.id))
+            continue
+        images[record.id] = record
+    commits = 0
+    ours: set[str] = set()
+    for update in (False, True):
+        batch = [r for r in images.values() if tasks[r.id].update == update]
+        if not batch:
+            continue
+        inserted, updated = store.add(batch, update=update)
+        commits += 1
+        report.stored_images += inserted
+        report.updated += updated
+        if inserted + updated == len(batch):
+            ours |= {r.id for r in batch}
+            continue
+        # Some ids were stored meanwhile (another process, or an earlier file in this run):
+        # ours only when the stored bytes are the same; merge our labels in if they differ.
+        stored = store.stored_rows(store.manifest.label_columns, [r.id for r in batch])
+        clashes = merged = 0
+        for record in batch:
+            row = stored.get(record.id)
+            if row is None or row.content_hash != record.content_hash:
+                report.failures.append(_clash(tasks[record.id].path, record.id))
+                clashes += 1
+                continue
+            ours.add(record.id)
+            changed = {c: v for c, v in record.labels.items() if row.labels.get(c) != v}
+            if changed and not update:
+                store.update_labels(record.id, changed, row.labels)
+                commits += 1
+                merged += 1
+        report.updated += merged
+        report.duplicates += max(0, len(batch) - inserted - updated - clashes - merged)
+    rois = [r for r in records if r.kind == "roi" and r.parent_id in ours]
+    for update in (False, True):
+        batch = [r for r in rois if tasks[r.parent_id].update == update]  # type: ignore[index]
+        if batch:
+            inserted, _ = store.add(batch, update=update)
+            commits += 1
+            report.stored_rois += inserted
+    corrected = [i for i in ours if tasks[i].update]
+    if corrected:
+        keep = ", ".join(sql_quote(r.id) for r in rois) or "''"
+        parents = ", ".join(sql_quote(i) for i in corrected)
+        store.delete_rows(f"parent_id IN ({parents}) AND id NOT IN ({keep})")
+        commits += 1
+    return commits
 
 
 def default_workers() -> int:
@@ -335,7 +508,6 @@ def _records(
             group = task.labels.get(options.group) or task.image_id
         common = {
             "content_hash": task.content_hash,
-            "path": str(task.path),
             "metadata": metadata,
             "patient": patient,
             "group": group,
@@ -345,20 +517,19 @@ def _records(
                 id=task.image_id,
                 kind="image",
                 vector=vector,
-                key=task.content_hash,
+                key=task.image_id,
                 labels=task.labels,
                 thumbnail=item["thumbnail"],
                 **common,
             )
         )
         for n, roi in enumerate(item["rois"], start=1):
-            x, y, r = roi["roi"]
             records.append(
                 CaseRecord(
                     id=f"{task.image_id}-roi{n}",
                     kind="roi",
                     vector=next(roi_vectors),
-                    key=f"{task.content_hash}:roi:{x},{y},{r}",
+                    key=f"{task.image_id}-roi{n}",
                     labels={**task.labels, **roi["labels"]},
                     thumbnail=roi["thumbnail"],
                     parent_id=task.image_id,

@@ -6,10 +6,15 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
+from priorcase.errors import SaltMismatchError, StorageError
+
 SALT_ENV = "PRIORCASE_SALT"
+KEY_FILE_ENV = "PRIORCASE_KEY_FILE"
 SALT_FILE = "salt.key"
+FINGERPRINT_TEXT = b"priorcase salt fingerprint v1"
 
 
 class Pseudonymizer:
@@ -38,29 +43,75 @@ class Pseudonymizer:
     def __repr__(self) -> str:  # never reveal the salt in logs
         return "Pseudonymizer(<secret salt>)"
 
+    def fingerprint(self) -> str:
+        """A public check value of the salt (HMAC of a fixed text): two libraries or runs
+        with the same fingerprint use the same salt; the salt cannot be recovered from it."""
+        return hmac.new(self._salt, FINGERPRINT_TEXT, hashlib.sha256).hexdigest()[:16]
+
     @classmethod
     def for_index(cls, db_dir: Path) -> Pseudonymizer:
-        """Salt from ``$PRIORCASE_SALT`` if set, else a random secret in ``db_dir/salt.key``.
+        """The library's salt: ``$PRIORCASE_SALT``, else the key file ``$PRIORCASE_KEY_FILE``,
+        else ``db_dir/salt.key``; a missing key file is created with a random secret.
 
-        The key file is created once with mode 0600 and reused, so pseudonyms stay stable
-        across ingest runs into the same index.
+        ``$PRIORCASE_SALT`` and an existing key file that disagree are refused, as is any salt
+        whose fingerprint differs from the one in the library's manifest (checked by ingest),
+        because one patient would then get two pseudonyms.
         """
-        env = os.environ.get(SALT_ENV)
-        if env:
-            return cls(env.encode("utf-8"))
         db_dir = Path(db_dir)
-        db_dir.mkdir(parents=True, exist_ok=True)
-        key_path = db_dir / SALT_FILE
-        try:
-            # O_EXCL: two concurrent ingests must not each write a different salt.
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            salt = key_path.read_bytes()
-            if not salt:
-                raise ValueError(f"{key_path} is empty; delete it to generate a new salt") from None
+        env = os.environ.get(SALT_ENV)
+        key_path = key_file(db_dir)
+        if env:
+            salt = env.encode("utf-8")
+            if key_path.is_file():
+                stored = key_path.read_bytes()
+                if stored and not hmac.compare_digest(stored, salt):
+                    raise SaltMismatchError(
+                        f"${SALT_ENV} differs from the salt in {key_path}: one patient would "
+                        f"get two pseudonyms; unset ${SALT_ENV} or point ${KEY_FILE_ENV} elsewhere"
+                    )
             return cls(salt)
-        salt = secrets.token_bytes(32)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(salt)
-        os.chmod(key_path, 0o600)  # umask cannot widen it, but be explicit
-        return cls(salt)
+        return cls(_read_or_create(key_path))
+
+
+def key_file(db_dir: Path) -> Path:
+    """Where the salt lives: ``$PRIORCASE_KEY_FILE``, else ``db_dir/salt.key``."""
+    env = os.environ.get(KEY_FILE_ENV)
+    return Path(env).expanduser() if env else Path(db_dir) / SALT_FILE
+
+
+def _read_or_create(key_path: Path) -> bytes:
+    """The key file's bytes, creating it atomically when absent.
+
+    The new salt is written and synced to a private temporary file, then hard-linked to the
+    key path: the link either appears with the full key or fails because another process
+    won, so no reader ever sees an empty or partial key.
+    """
+    for _ in range(2):
+        try:
+            salt = key_path.read_bytes()
+        except FileNotFoundError:
+            pass
+        else:
+            if not salt:
+                raise SaltMismatchError(f"{key_path} is empty; delete it to generate a new salt")
+            return salt
+        tmp = None
+        try:
+            key_path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=key_path.parent, prefix=".salt-", suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o600)
+            try:
+                os.link(tmp, key_path)
+            except FileExistsError:
+                continue  # another process created it first: read theirs
+        except OSError as err:
+            reason = err.strerror or err
+            raise StorageError(f"{key_path}: cannot create the salt key: {reason}") from err
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+    return key_path.read_bytes()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,13 +13,28 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from priorcase.errors import ImageReadError
-from priorcase.ingest.dicom import read_dicom, scale_to_uint8
+from priorcase.ingest.dicom import MAX_PIXELS, read_dicom, scale_to_uint8
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.records import LoadedImage
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-PIL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm"})
+PIL_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm", ".gif", ".bmp"}
+)
 SUPPORTED_SUFFIXES: frozenset[str] = PIL_SUFFIXES | DICOM_SUFFIXES
+# MAX_PIXELS (defined beside the DICOM reader): larger images are refused before their
+# pixels are decoded; a 100-megapixel film is far beyond any mammogram.
+# Signatures of the formats above: a file that starts with one but cannot be opened is
+# truncated or corrupt, not "not an image".
+_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+}
 
 _DICOM_MAGIC_OFFSET = 128
 _HASH_CHUNK = 1 << 20
@@ -40,14 +57,7 @@ def read_image(path: Path, pseudonymize: Pseudonymizer) -> LoadedImage:
     Every failure raises :class:`ImageReadError` naming the file and a short reason.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot read file: {exc.strerror or exc}") from None
-    if path.is_dir():
-        raise ImageReadError(path, "is a directory, not an image file")
+    size = check_regular_file(path)
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     if path.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(path):
@@ -55,23 +65,84 @@ def read_image(path: Path, pseudonymize: Pseudonymizer) -> LoadedImage:
     return LoadedImage(path=path, pixels=_read_pil(path), metadata={}, patient=None)
 
 
+def check_regular_file(path: Path) -> int:
+    """The file's size; raises :class:`ImageReadError` unless it is a regular file.
+
+    Checked with ``stat`` before the file is opened: opening a FIFO blocks forever.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageReadError(path, "dangling symbolic link (no target)") from None
+        raise ImageReadError(path, "file not found") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read file: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageReadError(path, "is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = (
+            "a FIFO (named pipe)"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "a device"
+            if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "not a regular file"
+        )
+        raise ImageReadError(path, f"is {kind}, not a regular file; not read")
+    return info.st_size
+
+
 def _read_pil(path: Path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             # Pillow's DecompressionBombWarning and TIFF tag warnings are noise here;
-            # the DecompressionBombError (2x the limit) still raises.
+            # the size is checked against MAX_PIXELS before decoding.
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise ImageReadError(
+                        path,
+                        f"image too large: {width}x{height} pixels "
+                        f"(limit {MAX_PIXELS // 1_000_000} megapixels); not decoded",
+                    )
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:
+                    raise ImageReadError(
+                        path,
+                        f"{img.format} with {frames} frames/pages is not supported: "
+                        "save each page as its own file",
+                    )
                 img.load()  # force a full decode so truncated files fail here, not later
                 return _pil_to_array(img)
+    except ImageReadError:
+        raise
     except UnidentifiedImageError:
+        kind = _signature(path)
+        if kind is not None:
+            raise ImageReadError(
+                path, f"truncated or corrupt {kind}: its header is cut short or damaged"
+            ) from None
         raise ImageReadError(path, "not an image: cannot identify image file") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(path, f"image too large: {_first_line(exc)}") from None
+    except Image.DecompressionBombError:
+        raise ImageReadError(
+            path, f"image too large (limit {MAX_PIXELS // 1_000_000} megapixels); not decoded"
+        ) from None
     except PermissionError:
         raise ImageReadError(path, "permission denied") from None
     except Exception as exc:
         raise ImageReadError(path, f"truncated or corrupt image: {_first_line(exc)}") from None
+
+
+def _signature(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    return next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:
@@ -100,16 +171,29 @@ def _minmax_uint8(arr: np.ndarray) -> np.ndarray:
     return scale_to_uint8(arr, None, None)
 
 
-def iter_image_files(paths: Iterable[Path]) -> list[Path]:
+def file_id(path: Path) -> str:
+    """A file's case id: its name without an image extension (``mdb001.png`` -> ``mdb001``),
+    else its whole name, so DICOM files named by UID (``1.2.3.1001``) keep distinct ids."""
+    path = Path(path)
+    return path.stem if path.suffix.lower() in SUPPORTED_SUFFIXES else path.name
+
+
+def iter_image_files(
+    paths: Iterable[Path], skipped: list[str] | None = None, ignored: list[str] | None = None
+) -> list[Path]:
     """Expand files and folders into a de-duplicated list of candidate image files.
 
     Folders are walked recursively in sorted order, skipping hidden files/folders and
     files whose suffix is not an image type. Files without an image suffix (e.g. PACS
     exports named by UID) are kept only when they carry the DICOM magic. Files named
     explicitly are kept as given, so a bad one is reported rather than silently dropped.
+    Found in a folder, dangling links and non-regular files (FIFOs, sockets) are never
+    opened; they go to ``skipped`` (one line each), and a count of the other files left
+    out goes to ``ignored``.
     """
     seen: set[Path] = set()
     out: list[Path] = []
+    other: dict[str, int] = {}
 
     def add(p: Path) -> None:
         if p not in seen:
@@ -123,11 +207,28 @@ def iter_image_files(paths: Iterable[Path]) -> list[Path]:
             continue
         for p in sorted(root.rglob("*")):
             rel = p.relative_to(root)
-            if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            if any(part.startswith(".") for part in rel.parts):
                 continue
             suffix = p.suffix.lower()
+            try:
+                mode = os.stat(p).st_mode
+            except OSError:
+                if skipped is not None and os.path.islink(p):
+                    skipped.append(f"{p}: dangling symbolic link (no target)")
+                continue
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                if skipped is not None:
+                    skipped.append(f"{p}: not a regular file (FIFO, socket or device); not read")
+                continue
             if suffix in SUPPORTED_SUFFIXES or (_maybe_dicom_name(suffix) and is_dicom_file(p)):
                 add(p)
+            else:
+                other[suffix or "(no suffix)"] = other.get(suffix or "(no suffix)", 0) + 1
+    if ignored is not None and other:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(other.items()))
+        ignored.append(f"{sum(other.values())} files are not images and were left out ({counts})")
     return out
 
 
