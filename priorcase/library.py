@@ -12,8 +12,9 @@ import numpy as np
 from priorcase.classifiers import make_classifier
 from priorcase.classifiers.joint_space import JointSpace
 from priorcase.classifiers.prompts import MAMMOGRAPHY_TEMPLATES, class_prompts
-from priorcase.errors import EncoderMismatchError, PriorcaseError, QueryError
+from priorcase.errors import PriorcaseError, QueryError
 from priorcase.evaluation.binarize import binarize_labels, binary_label_names
+from priorcase.index.artifacts import BoundedCache, content_digest, load_or_build
 from priorcase.records import SearchHit
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 # Text-free heads whose fitting is worth keeping on disk (grid search over C).
 PERSISTED = ("logreg", "svm")
+MAX_CACHED_MODELS = 32  # fitted heads kept in memory (methods x labels x kinds x k)
 TEXT_METHODS = ("zeroshot", "similarity")
 
 
@@ -202,26 +204,28 @@ class LibraryClassifiers:
 
     def __init__(self, pc: PriorCase) -> None:
         self.pc = pc
-        self._cache: dict[tuple, Any] = {}
+        self._cache = BoundedCache(MAX_CACHED_MODELS)
 
     def fitted(
         self, method: str, label: str, kind: str = "image", knn: KnnOptions = DEFAULT_KNN
     ) -> tuple[Any, LabelledSet]:
-        version = self.pc.store.version
-        key = (version, method, label, kind, knn if method == "knn" else None)
-        if key in self._cache:
-            return self._cache[key]
-        data = labelled_set(self.pc, label, kind)
-        model = self._load(method, label, kind, version) if method in PERSISTED else None
-        if model is None:
-            space = self.pc.joint_space() if method in (*TEXT_METHODS, "ensemble") else None
-            model = build_classifier(method, data, space, knn)
-            model.fit(data.X, data.y, groups=data.groups)
+        snapshot = self.pc.store.snapshot(kind)
+        key = (snapshot.version, snapshot.digest, method, label, kind)
+        key += (knn if method in ("knn", "ensemble") else None,)
+
+        def fit() -> tuple[Any, LabelledSet]:
+            data = labelled_set(self.pc, label, kind)
             if method in PERSISTED:
-                self._save(model, method, label, kind, version)
-        self._cache = {k_: v for k_, v in self._cache.items() if k_[0] == version}
-        self._cache[key] = (model, data)
-        return model, data
+                return self._load_or_fit(method, kind, data, knn), data
+            return self._fit(method, data, knn), data
+
+        # under the cache's lock: the UI warm-up thread and a first user never fit twice
+        return self._cache.get_or_make(key, fit)
+
+    def _fit(self, method: str, data: LabelledSet, knn: KnnOptions) -> Any:
+        space = self.pc.joint_space() if method in (*TEXT_METHODS, "ensemble") else None
+        model = build_classifier(method, data, space, knn)
+        return model.fit(data.X, data.y, groups=data.groups)
 
     def classify(
         self,
@@ -268,32 +272,38 @@ class LibraryClassifiers:
             result.predictions.append(prediction)
         return result
 
-    def _path(self, method: str, label: str, kind: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
-        return self.pc.store.db_dir / "classifiers" / f"{kind}-{safe}-{method}.joblib"
+    def _load_or_fit(self, method: str, kind: str, data: LabelledSet, knn: KnnOptions) -> Any:
+        """A saved head fitted on exactly ``data`` with this encoder, else fitted and saved.
 
-    def _load(self, method: str, label: str, kind: str, version: int) -> Any | None:
-        path = self._path(method, label, kind)
-        if not path.exists():
-            return None
-        saved = joblib.load(path)
+        The file name holds a digest of the training rows, targets, groups, the encoder's
+        weights and the method, so a head of another table, label set or encoder is never
+        loaded; a file that does not load is refitted (see :func:`load_or_build`).
+        """
         manifest = self.pc.store.manifest
         assert manifest is not None
-        if saved["encoder_weights"] != manifest.encoder["weights_sha256"]:
-            raise EncoderMismatchError(
-                f"{path} was trained on embeddings of another encoder; delete it to retrain"
-            )
-        return saved["model"] if saved["table_version"] == version else None
+        weights = manifest.encoder["weights_sha256"]
+        digest = content_digest(
+            data.ids, data.X, data.y, data.groups, data.positive, method, weights
+        )
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in data.label)
+        prefix = f"{kind}-{safe}-{method}-"
+        path = self.pc.store.db_dir / "classifiers" / f"{prefix}{digest[:32]}.joblib"
 
-    def _save(self, model: Any, method: str, label: str, kind: str, version: int) -> None:
-        path = self._path(method, label, kind)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        manifest = self.pc.store.manifest
-        assert manifest is not None
-        payload = {
-            "model": model,
-            "table_version": version,
-            "encoder": manifest.encoder_spec,
-            "encoder_weights": manifest.encoder["weights_sha256"],
-        }
-        joblib.dump(payload, path)
+        def load(p: Path) -> Any:
+            saved = joblib.load(p)
+            if saved.get("digest") != digest:
+                raise ValueError("saved for other training data")
+            return saved["model"]
+
+        def save(model: Any, tmp: Path) -> None:
+            payload = {"model": model, "digest": digest, "encoder": manifest.encoder_spec}
+            joblib.dump(payload, tmp)
+
+        return load_or_build(
+            path,
+            load,
+            lambda: self._fit(method, data, knn),
+            save,
+            notify=self.pc._notify,
+            stale=lambda old: old.name.startswith(prefix) and old.suffix == ".joblib",
+        )

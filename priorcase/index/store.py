@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import lancedb
@@ -42,6 +43,14 @@ class Snapshot:
     groups: np.ndarray
     patients: np.ndarray
     vectors: np.ndarray  # float32 (n, dim)
+
+    @cached_property
+    def digest(self) -> str:
+        """Content digest (ids and vectors): names derived files, unlike ``version``, which
+        LanceDB restarts when a table is recreated at the same path."""
+        from priorcase.index.artifacts import content_digest
+
+        return content_digest(self.ids, self.vectors)
 
 
 def field_name(column: str) -> str:
@@ -120,36 +129,28 @@ class CaseStore:
 
     # ------------------------------------------------------------------ reading
     def snapshot(self, kind: str | None = None) -> Snapshot:
-        """Vectors of the current version (cached until the table changes)."""
-        table = self.table
-        if table is None:
-            raise QueryError(f"index {self.db_dir} is empty: run 'priorcase ingest' first")
-        key = (int(table.version), kind)
+        """Vectors of the current version (cached until the table changes).
+
+        The version is read under the lock before and after the rows: a commit in between
+        (another process) is retried, so rows of version v+1 are never cached as version v.
+        """
         with self._lock:
-            if key not in self._snapshots:
-                query = table.search().select(["id", "kind", "group", "patient", "vector"])
-                if kind:
-                    query = query.where(f"kind = '{kind}'")
-                arrow = query.limit(None).to_arrow()
-                vectors = np.asarray(
-                    arrow.column("vector")
-                    .combine_chunks()
-                    .flatten()
-                    .to_numpy(zero_copy_only=False),
-                    dtype=np.float32,
-                ).reshape(arrow.num_rows, -1)
-                self._snapshots = {
-                    key: Snapshot(
-                        version=key[0],
-                        ids=np.array(arrow.column("id").to_pylist(), dtype=object),
-                        kinds=np.array(arrow.column("kind").to_pylist(), dtype=object),
-                        groups=np.array(arrow.column("group").to_pylist(), dtype=object),
-                        patients=np.array(arrow.column("patient").to_pylist(), dtype=object),
-                        vectors=vectors,
-                    ),
-                    **{k: v for k, v in self._snapshots.items() if k[0] == key[0]},
-                }
-            return self._snapshots[key]
+            for _ in range(5):
+                table = self.table
+                if table is None:
+                    raise QueryError(f"index {self.db_dir} is empty: run 'priorcase ingest' first")
+                key = (int(table.version), kind)
+                if key in self._snapshots:
+                    return self._snapshots[key]
+                snapshot = _read_snapshot(table, key[0], kind)
+                table.checkout_latest()
+                if int(table.version) == key[0]:
+                    self._snapshots = {
+                        key: snapshot,
+                        **{k: v for k, v in self._snapshots.items() if k[0] == key[0]},
+                    }
+                    return snapshot
+            return snapshot  # the table keeps changing: answer from this read, uncached
 
     def stored_copy(self, content_hash: str) -> tuple[str, str | None] | None:
         """(id, group) of the stored whole image with these bytes, or None."""
@@ -227,6 +228,25 @@ class CaseStore:
         return dict(
             zip(arrow.column("id").to_pylist(), arrow.column(name).to_pylist(), strict=True)
         )
+
+
+def _read_snapshot(table: lancedb.table.Table, version: int, kind: str | None) -> Snapshot:
+    query = table.search().select(["id", "kind", "group", "patient", "vector"])
+    if kind:
+        query = query.where(f"kind = '{kind}'")
+    arrow = query.limit(None).to_arrow()
+    vectors = np.asarray(
+        arrow.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+        dtype=np.float32,
+    ).reshape(arrow.num_rows, -1)
+    return Snapshot(
+        version=version,
+        ids=np.array(arrow.column("id").to_pylist(), dtype=object),
+        kinds=np.array(arrow.column("kind").to_pylist(), dtype=object),
+        groups=np.array(arrow.column("group").to_pylist(), dtype=object),
+        patients=np.array(arrow.column("patient").to_pylist(), dtype=object),
+        vectors=vectors,
+    )
 
 
 def _to_arrow(records: list[CaseRecord], columns: list[str], dim: int) -> pa.Table:

@@ -6,13 +6,24 @@ from pathlib import Path
 
 import numpy as np
 
-from priorcase.classifiers.joint_space import JointSpace
+from priorcase.classifiers.joint_space import ClipSpace, JointSpace
 from priorcase.errors import QueryError
+from priorcase.index.artifacts import BoundedCache
 from priorcase.index.store import CaseStore, Snapshot
 from priorcase.index.vector_index import VectorIndex
 from priorcase.records import SearchHit
 
 KINDS = ("image", "roi")
+# image / roi / all, each in image space and at most one learned text space, plus slack
+MAX_CACHED_INDEXES = 8
+
+
+def _space_key(space: JointSpace | None) -> str | None:
+    """"" where ``space`` leaves image vectors as they are (CLIP), else its ``content_key``
+    (None: a space with no content identity, whose index is not cached)."""
+    if space is None or isinstance(space, ClipSpace):
+        return ""
+    return getattr(space, "content_key", None)
 
 
 class Searcher:
@@ -22,22 +33,32 @@ class Searcher:
         self.store = store
         self.backend = backend
         self.use_gpu = use_gpu
-        self._indexes: dict[tuple[int, str | None], VectorIndex] = {}
+        self._indexes = BoundedCache(MAX_CACHED_INDEXES)
 
     def index_for(
         self, snapshot: Snapshot, kind: str | None, space: JointSpace | None = None
     ) -> VectorIndex:
-        """The kNN index of a snapshot, in image space or mapped into a joint text-image space."""
-        key = (snapshot.version, kind, id(space))
-        if key not in self._indexes:
-            name = f"v{snapshot.version}-{kind or 'all'}{'-joint' if space else ''}.index"
-            vectors = snapshot.vectors if space is None else space.images(snapshot.vectors)
-            cache = None if space else Path(self.store.db_dir) / "faiss" / name
-            index = VectorIndex(vectors, self.backend, self.use_gpu, cache_path=cache)
-            # keep only the current version's indexes
-            self._indexes = {k: v for k, v in self._indexes.items() if k[0] == snapshot.version}
-            self._indexes[key] = index
-        return self._indexes[key]
+        """The kNN index of a snapshot, in image space or mapped into a joint text-image space.
+
+        Keyed by the snapshot's content digest and the space's identity (``space_key``), so a
+        table recreated at the same path never gets the old index, and a new ``ClipSpace``
+        per text query reuses the image-space index instead of copying the matrix again.
+        """
+        space_key = _space_key(space)
+        key = (snapshot.digest, kind, space_key, self.backend)
+
+        def make() -> VectorIndex:
+            if not space_key:
+                name = f"{kind or 'all'}-{self.backend}-{snapshot.digest[:32]}.index"
+                cache = Path(self.store.db_dir) / "faiss" / name
+                return VectorIndex(snapshot.vectors, self.backend, self.use_gpu, cache_path=cache)
+            assert space is not None
+            vectors = space.images(snapshot.vectors)
+            return VectorIndex(vectors, self.backend, self.use_gpu)
+
+        if space_key is None:
+            return make()
+        return self._indexes.get_or_make(key, make)
 
     def allowed_mask(
         self,
