@@ -20,7 +20,7 @@ from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, read_image
 from priorcase.library import DEFAULT_KNN, Classification, KnnOptions, LibraryClassifiers
 from priorcase.records import IngestReport, LoadedImage, SearchHit
-from priorcase.retrieval.search import Searcher
+from priorcase.retrieval.search import Searcher, check_k, check_text
 
 ALIGNER_PREFIX = "text-aligner-"
 
@@ -103,7 +103,9 @@ class PriorCase:
             raise QueryError("give exactly one of image, text or id")
         exclude_group: str | None = None
         exclude_ids: set[str] = set()
+        k = check_k(k)
         if text is not None:
+            text = check_text(text)
             space = self.joint_space()
             vector = space.texts([text])[0]
             return self.searcher.search(vector, k, kind, where, space=space)
@@ -151,13 +153,20 @@ class PriorCase:
         patient's) out of the kNN vote.
         """
         group = None
+        stored_id = None
         if isinstance(image, np.ndarray) and image.ndim == 1:
             vector = image
         else:
             loaded = image if isinstance(image, LoadedImage) else self.read(image)  # type: ignore[arg-type]
             vector = self.embed(loaded)
             group = self.query_group(loaded) if exclude_same_patient else None
-        return self.classifiers.classify(vector, label, tuple(methods), kind, knn, group)
+            # a library image asked again: its heads were trained on it, so say so
+            if loaded.path.is_file():
+                stored = self.store.stored_copy(file_sha256(loaded.path))
+                stored_id = stored[0] if stored else None
+        return self.classifiers.classify(
+            vector, label, tuple(methods), kind, knn, group, query_id=stored_id
+        )
 
     # ------------------------------------------------------------------ text space
     def joint_space(self) -> JointSpace:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ from priorcase.errors import PriorcaseError, QueryError
 from priorcase.evaluation.binarize import binarize_labels, binary_label_names
 from priorcase.index.artifacts import BoundedCache, content_digest, load_or_build
 from priorcase.records import SearchHit
+from priorcase.retrieval.search import check_k
 
 if TYPE_CHECKING:
     from priorcase.api import PriorCase
@@ -132,7 +133,13 @@ def build_classifier(
             exclude_same_group=True,
         )
     if method == "ensemble":
-        return make_classifier("ensemble", space, data.label)
+        ensemble = make_classifier("ensemble", space, data.label)
+        # its kNN member votes with the asked-for k and can leave the query's patient out
+        ensemble.estimators = [
+            (name, est.set_params(k=knn.k, exclude_same_group=True) if name == "knn" else est)
+            for name, est in ensemble.estimators
+        ]
+        return ensemble
     return make_classifier(method)
 
 
@@ -153,10 +160,12 @@ class Classification:
     label: str
     predictions: list[MethodPrediction]
     neighbours: list[SearchHit] = field(default_factory=list)
+    query_in_library: str | None = None  # id of the stored copy of the query (same bytes)
 
     def to_json(self) -> dict:
         return {
             "label": self.label,
+            "query_in_library": self.query_in_library,
             "methods": [
                 {
                     "method": p.method,
@@ -243,9 +252,16 @@ class LibraryClassifiers:
         ``query_id`` names a stored query, flagged where a trained head has seen it. A method
         that fails (e.g. text prompts without labels) reports its error and the others go on.
         """
+        knn = replace(knn, k=check_k(knn.k))
+        manifest = self.pc.store.manifest
+        if manifest is None or label not in manifest.label_columns:
+            known = ", ".join(manifest.label_columns) if manifest else "none"
+            raise QueryError(
+                f"no label column {label!r} in {self.pc.store.db_dir} (labels: {known})"
+            )
         query = np.asarray(vector, dtype=np.float32)[None, :]
         groups = None if exclude_group is None else np.array([exclude_group], dtype=object)
-        result = Classification(label, [])
+        result = Classification(label, [], query_in_library=query_id)
         for method in methods:
             prediction = MethodPrediction(method)
             try:
@@ -255,12 +271,19 @@ class LibraryClassifiers:
                     prediction.explanation = model.explain(query, groups)[0]
                     if groups is not None:
                         prediction.explanation += " (same patient excluded)"
+                    elif query_id is not None and query_id in set(data.ids.tolist()):
+                        prediction.explanation += f"; the query is stored as {query_id} and votes"
                     positions, scores = model.kneighbors(query, groups)
                     valid = positions[0] >= 0
                     result.neighbours = self.pc.store.hits(
                         [str(data.ids[p]) for p in positions[0][valid]],
                         [float(s) for s in scores[0][valid]],
                     )
+                elif method == "ensemble":  # its kNN member leaves the query's patient out too
+                    proba = model.predict_proba(query, groups)[0]
+                    prediction.explanation = _explain(method, model, data, query, proba, query_id)
+                    if groups is not None:
+                        prediction.explanation += " (same patient excluded from its kNN vote)"
                 else:
                     proba = model.predict_proba(query)[0]
                     prediction.explanation = _explain(method, model, data, query, proba, query_id)

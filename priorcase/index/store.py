@@ -166,13 +166,31 @@ class CaseStore:
         )
         return (rows[0]["id"], rows[0]["group"]) if rows else None
 
+    def filterable_columns(self) -> dict[str, str]:
+        """Names a ``--where`` may use -> table fields: labels, metadata, ``id`` and ``kind``.
+
+        Hidden columns (path, patient, group, key, hashes, vectors, thumbnails) are left out,
+        so a filter cannot probe them. A stored field name (``label_path``) is accepted too.
+        """
+        manifest = self.manifest
+        names = (manifest.label_columns + manifest.metadata_columns) if manifest else []
+        columns = {"id": "id", "kind": "kind"}
+        for name in names:
+            columns[name] = field_name(name)
+            columns.setdefault(field_name(name), field_name(name))
+        return columns
+
     def ids_matching(self, where: str) -> set[str]:
-        """Ids of rows satisfying a LanceDB SQL predicate; a bad predicate is a QueryError."""
+        """Ids of rows satisfying a filter (see :mod:`priorcase.retrieval.where`); a bad or
+        hidden-column filter is a one-line QueryError."""
+        from priorcase.retrieval.where import parse_where
+
         table = self.table
         if table is None:
             return set()
+        sql = parse_where(where, self.filterable_columns())
         try:
-            arrow = table.search().where(where).select(["id"]).limit(None).to_arrow()
+            arrow = table.search().where(sql).select(["id"]).limit(None).to_arrow()
         except Exception as err:  # lance raises ValueError / RuntimeError with parser text
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise QueryError(f"invalid --where {where!r}: {first}") from err
