@@ -65,6 +65,7 @@ def search(db: Path, *options: str) -> list[str]:
         ("tissue = 'G' OR `path` LIKE '%JANE%'", "hidden column 'path'"),
         ('"patient" IS NOT NULL', "hidden column 'patient'"),
         ("group = 'x'", "hidden column 'group'"),
+        ("patient_id = 'anon-1'", "hidden column 'patient_id'"),
         ("key != ''", "hidden column 'key'"),
         ("content_hash = 'abc'", "hidden column 'content_hash'"),
         ("vector IS NULL", "hidden column 'vector'"),

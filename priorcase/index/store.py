@@ -169,13 +169,14 @@ class CaseStore:
     def filterable_columns(self) -> dict[str, str]:
         """Names a ``--where`` may use -> table fields: labels, metadata, ``id`` and ``kind``.
 
-        Hidden columns (path, patient, group, key, hashes, vectors, thumbnails) are left out,
-        so a filter cannot probe them. A stored field name (``label_path``) is accepted too.
+        Hidden columns (path, patient, group and the group column, key, hashes, vectors,
+        thumbnails) are left out, so a filter cannot probe them. A stored field name (``label_path``) is accepted too.
         """
         manifest = self.manifest
         names = (manifest.label_columns + manifest.metadata_columns) if manifest else []
         columns = {"id": "id", "kind": "kind"}
-        for name in names:
+        # the group column (patient_id) holds the same pseudonym as the hidden `group`
+        for name in (n for n in names if manifest and n != manifest.group_column):
             columns[name] = field_name(name)
             columns.setdefault(field_name(name), field_name(name))
         return columns
