@@ -187,3 +187,24 @@ def test_two_processes_first_use_never_read_a_half_written_file(tmp_path: Path, 
     assert sum(t.count("learning text-image alignment") for t in texts) == 1, texts
     assert len(list(db.glob("text-aligner-*.pt"))) == 1
     assert len(list((db / "classifiers").glob("*.joblib"))) == 1
+
+
+def test_full_disk_while_saving_leaves_no_file_and_still_answers(tmp_path: Path) -> None:
+    """ENOSPC in the middle of a write: the caller gets its object, the disk no partial file."""
+    import errno
+
+    from priorcase.index.artifacts import load_or_build
+
+    def save_half(obj: bytes, tmp: Path) -> None:
+        tmp.write_bytes(obj[:3])  # what was written before the disk filled up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    notes: list[str] = []
+    path = tmp_path / "artefact.bin"
+    built = load_or_build(path, Path.read_bytes, lambda: b"payload", save_half, notes.append)
+    assert built == b"payload"
+    assert not path.exists() and not list(tmp_path.glob("*.tmp"))
+    assert any("No space left" in n for n in notes), notes
+    # once there is room again, the next use writes it
+    again = load_or_build(path, Path.read_bytes, lambda: b"payload", lambda o, t: t.write_bytes(o))
+    assert again == b"payload" and path.read_bytes() == b"payload"
