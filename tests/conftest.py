@@ -13,6 +13,21 @@ import torch
 from fixtures import TINY_SPEC, register_tiny_clip
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--slow", action="store_true", help="also run the slow integration tests (marker 'slow')"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow integration test: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def bundled():
     """The bundled EfficientNet-Lite0 + MiniLM encoder on CPU, created once (~4 s)."""
