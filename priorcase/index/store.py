@@ -170,7 +170,8 @@ class CaseStore:
         """Names a ``--where`` may use -> table fields: labels, metadata, ``id`` and ``kind``.
 
         Hidden columns (path, patient, group and the group column, key, hashes, vectors,
-        thumbnails) are left out, so a filter cannot probe them. A stored field name (``label_path``) is accepted too.
+        thumbnails) are left out, so a filter cannot probe them. A stored field name
+        (``label_path``) is accepted too.
         """
         manifest = self.manifest
         names = (manifest.label_columns + manifest.metadata_columns) if manifest else []
