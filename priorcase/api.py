@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -12,15 +13,16 @@ from priorcase.classifiers.joint_space import ClipSpace, JointSpace
 from priorcase.classifiers.reports import report_from_labels
 from priorcase.encoders import Encoder, create_default_encoder, create_encoder
 from priorcase.errors import EncoderMismatchError, QueryError
+from priorcase.index.artifacts import content_digest, load_or_build
 from priorcase.index.store import CaseStore, sql_quote
 from priorcase.ingest.pipeline import ROI_TYPE, IngestOptions, ingest
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, read_image
 from priorcase.library import DEFAULT_KNN, Classification, KnnOptions, LibraryClassifiers
 from priorcase.records import IngestReport, LoadedImage, SearchHit
-from priorcase.retrieval.search import Searcher
+from priorcase.retrieval.search import Searcher, check_k, check_text
 
-ALIGNER_PREFIX = "text-aligner-v"
+ALIGNER_PREFIX = "text-aligner-"
 
 
 class PriorCase:
@@ -45,7 +47,8 @@ class PriorCase:
         self._device = device
         self._notify = notify
         self._encoder: Encoder | None = encoder if isinstance(encoder, Encoder) else None
-        self._space: tuple[int, JointSpace] | None = None
+        self._space: tuple[tuple[int, str], JointSpace] | None = None
+        self._space_lock = threading.Lock()
         self._classifiers: LibraryClassifiers | None = None
         manifest = self.store.manifest
         if manifest is not None and isinstance(encoder, str) and encoder != manifest.encoder_spec:
@@ -134,7 +137,9 @@ class PriorCase:
             raise QueryError("give exactly one of image, text or id")
         exclude_group: str | None = None
         exclude_ids: set[str] = set()
+        k = check_k(k)
         if text is not None:
+            text = check_text(text)
             space = self.joint_space()
             vector = space.texts([text])[0]
             return self.searcher.search(vector, k, kind, where, space=space)
@@ -182,13 +187,20 @@ class PriorCase:
         patient's) out of the kNN vote.
         """
         group = None
+        stored_id = None
         if isinstance(image, np.ndarray) and image.ndim == 1:
             vector = image
         else:
             loaded = image if isinstance(image, LoadedImage) else self.read(image)  # type: ignore[arg-type]
             vector = self.embed(loaded)
             group = self.query_group(loaded) if exclude_same_patient else None
-        return self.classifiers.classify(vector, label, tuple(methods), kind, knn, group)
+            # a library image asked again: its heads were trained on it, so say so
+            if loaded.path.is_file():
+                stored = self.store.stored_copy(file_sha256(loaded.path))
+                stored_id = stored[0] if stored else None
+        return self.classifiers.classify(
+            vector, label, tuple(methods), kind, knn, group, query_id=stored_id
+        )
 
     # ------------------------------------------------------------------ text space
     def joint_space(self) -> JointSpace:
@@ -200,27 +212,40 @@ class PriorCase:
         encoder = self.encoder
         if encoder.aligned:
             return ClipSpace(encoder.embed_texts)
-        version = self.store.version
-        if self._space is not None and self._space[0] == version:
-            return self._space[1]
-        path = self.store.db_dir / f"{ALIGNER_PREFIX}{version}.pt"
-        if path.exists():
-            aligner = ContrastiveAligner.load(path, encoder.embed_texts)
-        else:
-            aligner = self._fit_aligner(encoder)
-            for old in self.store.db_dir.glob(f"{ALIGNER_PREFIX}*.pt"):
-                old.unlink()
-            aligner.save(path)
-        self._space = (version, aligner)
-        return aligner
-
-    def _fit_aligner(self, encoder: Encoder) -> ContrastiveAligner:
-        vectors, reports = self.reports()
-        if not any(reports):
-            raise QueryError(
-                f"text queries with encoder {encoder.spec!r} need labels to learn the "
-                "text-image alignment; ingest with --labels (or use a CLIP encoder)"
+        # one thread fits while the others wait (UI warm-up and a first user, say)
+        with self._space_lock:
+            snapshot = self.store.snapshot()
+            state = (snapshot.version, snapshot.digest)
+            if self._space is not None and self._space[0] == state:
+                return self._space[1]
+            vectors, reports = self.reports()
+            if not any(reports):
+                raise QueryError(
+                    f"text queries with encoder {encoder.spec!r} need labels to learn the "
+                    "text-image alignment; ingest with --labels (or use a CLIP encoder)"
+                )
+            blank = ContrastiveAligner(encoder.embed_texts)
+            # named by what it is fitted on, not by table version (versions restart when a
+            # table is recreated); the file lock keeps a CLI process and the UI from racing
+            key = content_digest(
+                vectors, "\n".join(reports), encoder.weights_hash(), sorted(blank._config().items())
             )
+            path = self.store.db_dir / f"{ALIGNER_PREFIX}{key[:32]}.pt"
+            aligner = load_or_build(
+                path,
+                lambda p: ContrastiveAligner.load(p, encoder.embed_texts),
+                lambda: self._fit_aligner(encoder, vectors, reports),
+                lambda a, tmp: a.save(tmp),
+                notify=self._notify,
+                stale=lambda old: old.name.startswith(ALIGNER_PREFIX) and old.suffix == ".pt",
+            )
+            aligner.content_key = key
+            self._space = (state, aligner)
+            return aligner
+
+    def _fit_aligner(
+        self, encoder: Encoder, vectors: np.ndarray, reports: list[str]
+    ) -> ContrastiveAligner:
         self._notify(
             f"learning text-image alignment for {encoder.spec!r} from {len(reports)} labelled cases"
         )

@@ -131,7 +131,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from priorcase.ui.app import serve
 
-    serve(args.db, host=args.host, port=args.port, auth=args.auth, device=args.device)
+    serve(
+        args.db,
+        host=args.host,
+        port=args.port,
+        auth=args.auth,
+        device=args.device,
+        insecure_no_auth=args.insecure_no_auth,
+    )
     return 0
 
 
@@ -216,7 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     with_db(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--auth", help="user:password for basic auth")
+    p.add_argument(
+        "--auth",
+        help="user:password for the sign-in form (5 wrong passwords a minute lock the name "
+        "for 5 minutes); required beyond 127.0.0.1",
+    )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve beyond 127.0.0.1 without a login (trusted networks only)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="index the MIAS mammograms and serve the UI")

@@ -57,6 +57,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
         print(json.dumps({"encoder": pc.encoder.spec, **result.to_json()}))
         return 0
     print(f"{args.image}: {args.label}")
+    if result.query_in_library:
+        print(
+            f"  note: this image is stored in the library as {result.query_in_library}; "
+            "the heads below were trained on it"
+        )
     for prediction in result.predictions:
         if prediction.error:
             print(f"  {prediction.method:<10} unavailable: {prediction.error}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,15 +12,18 @@ import numpy as np
 from priorcase.classifiers import make_classifier
 from priorcase.classifiers.joint_space import JointSpace
 from priorcase.classifiers.prompts import MAMMOGRAPHY_TEMPLATES, class_prompts
-from priorcase.errors import EncoderMismatchError, PriorcaseError, QueryError
+from priorcase.errors import PriorcaseError, QueryError
 from priorcase.evaluation.binarize import binarize_labels, binary_label_names
+from priorcase.index.artifacts import BoundedCache, content_digest, load_or_build
 from priorcase.records import SearchHit
+from priorcase.retrieval.search import check_k
 
 if TYPE_CHECKING:
     from priorcase.api import PriorCase
 
 # Text-free heads whose fitting is worth keeping on disk (grid search over C).
 PERSISTED = ("logreg", "svm")
+MAX_CACHED_MODELS = 32  # fitted heads kept in memory (methods x labels x kinds x k)
 TEXT_METHODS = ("zeroshot", "similarity")
 
 
@@ -130,7 +133,13 @@ def build_classifier(
             exclude_same_group=True,
         )
     if method == "ensemble":
-        return make_classifier("ensemble", space, data.label)
+        ensemble = make_classifier("ensemble", space, data.label)
+        # its kNN member votes with the asked-for k and can leave the query's patient out
+        ensemble.estimators = [
+            (name, est.set_params(k=knn.k, exclude_same_group=True) if name == "knn" else est)
+            for name, est in ensemble.estimators
+        ]
+        return ensemble
     return make_classifier(method)
 
 
@@ -151,10 +160,12 @@ class Classification:
     label: str
     predictions: list[MethodPrediction]
     neighbours: list[SearchHit] = field(default_factory=list)
+    query_in_library: str | None = None  # id of the stored copy of the query (same bytes)
 
     def to_json(self) -> dict:
         return {
             "label": self.label,
+            "query_in_library": self.query_in_library,
             "methods": [
                 {
                     "method": p.method,
@@ -202,26 +213,28 @@ class LibraryClassifiers:
 
     def __init__(self, pc: PriorCase) -> None:
         self.pc = pc
-        self._cache: dict[tuple, Any] = {}
+        self._cache = BoundedCache(MAX_CACHED_MODELS)
 
     def fitted(
         self, method: str, label: str, kind: str = "image", knn: KnnOptions = DEFAULT_KNN
     ) -> tuple[Any, LabelledSet]:
-        version = self.pc.store.version
-        key = (version, method, label, kind, knn if method == "knn" else None)
-        if key in self._cache:
-            return self._cache[key]
-        data = labelled_set(self.pc, label, kind)
-        model = self._load(method, label, kind, version) if method in PERSISTED else None
-        if model is None:
-            space = self.pc.joint_space() if method in (*TEXT_METHODS, "ensemble") else None
-            model = build_classifier(method, data, space, knn)
-            model.fit(data.X, data.y, groups=data.groups)
+        snapshot = self.pc.store.snapshot(kind)
+        key = (snapshot.version, snapshot.digest, method, label, kind)
+        key += (knn if method in ("knn", "ensemble") else None,)
+
+        def fit() -> tuple[Any, LabelledSet]:
+            data = labelled_set(self.pc, label, kind)
             if method in PERSISTED:
-                self._save(model, method, label, kind, version)
-        self._cache = {k_: v for k_, v in self._cache.items() if k_[0] == version}
-        self._cache[key] = (model, data)
-        return model, data
+                return self._load_or_fit(method, kind, data, knn), data
+            return self._fit(method, data, knn), data
+
+        # under the cache's lock: the UI warm-up thread and a first user never fit twice
+        return self._cache.get_or_make(key, fit)
+
+    def _fit(self, method: str, data: LabelledSet, knn: KnnOptions) -> Any:
+        space = self.pc.joint_space() if method in (*TEXT_METHODS, "ensemble") else None
+        model = build_classifier(method, data, space, knn)
+        return model.fit(data.X, data.y, groups=data.groups)
 
     def classify(
         self,
@@ -239,9 +252,16 @@ class LibraryClassifiers:
         ``query_id`` names a stored query, flagged where a trained head has seen it. A method
         that fails (e.g. text prompts without labels) reports its error and the others go on.
         """
+        knn = replace(knn, k=check_k(knn.k))
+        manifest = self.pc.store.manifest
+        if manifest is None or label not in manifest.label_columns:
+            known = ", ".join(manifest.label_columns) if manifest else "none"
+            raise QueryError(
+                f"no label column {label!r} in {self.pc.store.db_dir} (labels: {known})"
+            )
         query = np.asarray(vector, dtype=np.float32)[None, :]
         groups = None if exclude_group is None else np.array([exclude_group], dtype=object)
-        result = Classification(label, [])
+        result = Classification(label, [], query_in_library=query_id)
         for method in methods:
             prediction = MethodPrediction(method)
             try:
@@ -251,12 +271,19 @@ class LibraryClassifiers:
                     prediction.explanation = model.explain(query, groups)[0]
                     if groups is not None:
                         prediction.explanation += " (same patient excluded)"
+                    elif query_id is not None and query_id in set(data.ids.tolist()):
+                        prediction.explanation += f"; the query is stored as {query_id} and votes"
                     positions, scores = model.kneighbors(query, groups)
                     valid = positions[0] >= 0
                     result.neighbours = self.pc.store.hits(
                         [str(data.ids[p]) for p in positions[0][valid]],
                         [float(s) for s in scores[0][valid]],
                     )
+                elif method == "ensemble":  # its kNN member leaves the query's patient out too
+                    proba = model.predict_proba(query, groups)[0]
+                    prediction.explanation = _explain(method, model, data, query, proba, query_id)
+                    if groups is not None:
+                        prediction.explanation += " (same patient excluded from its kNN vote)"
                 else:
                     proba = model.predict_proba(query)[0]
                     prediction.explanation = _explain(method, model, data, query, proba, query_id)
@@ -268,32 +295,38 @@ class LibraryClassifiers:
             result.predictions.append(prediction)
         return result
 
-    def _path(self, method: str, label: str, kind: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
-        return self.pc.store.db_dir / "classifiers" / f"{kind}-{safe}-{method}.joblib"
+    def _load_or_fit(self, method: str, kind: str, data: LabelledSet, knn: KnnOptions) -> Any:
+        """A saved head fitted on exactly ``data`` with this encoder, else fitted and saved.
 
-    def _load(self, method: str, label: str, kind: str, version: int) -> Any | None:
-        path = self._path(method, label, kind)
-        if not path.exists():
-            return None
-        saved = joblib.load(path)
+        The file name holds a digest of the training rows, targets, groups, the encoder's
+        weights and the method, so a head of another table, label set or encoder is never
+        loaded; a file that does not load is refitted (see :func:`load_or_build`).
+        """
         manifest = self.pc.store.manifest
         assert manifest is not None
-        if saved["encoder_weights"] != manifest.encoder["weights_sha256"]:
-            raise EncoderMismatchError(
-                f"{path} was trained on embeddings of another encoder; delete it to retrain"
-            )
-        return saved["model"] if saved["table_version"] == version else None
+        weights = manifest.encoder["weights_sha256"]
+        digest = content_digest(
+            data.ids, data.X, data.y, data.groups, data.positive, method, weights
+        )
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in data.label)
+        prefix = f"{kind}-{safe}-{method}-"
+        path = self.pc.store.db_dir / "classifiers" / f"{prefix}{digest[:32]}.joblib"
 
-    def _save(self, model: Any, method: str, label: str, kind: str, version: int) -> None:
-        path = self._path(method, label, kind)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        manifest = self.pc.store.manifest
-        assert manifest is not None
-        payload = {
-            "model": model,
-            "table_version": version,
-            "encoder": manifest.encoder_spec,
-            "encoder_weights": manifest.encoder["weights_sha256"],
-        }
-        joblib.dump(payload, path)
+        def load(p: Path) -> Any:
+            saved = joblib.load(p)
+            if saved.get("digest") != digest:
+                raise ValueError("saved for other training data")
+            return saved["model"]
+
+        def save(model: Any, tmp: Path) -> None:
+            payload = {"model": model, "digest": digest, "encoder": manifest.encoder_spec}
+            joblib.dump(payload, tmp)
+
+        return load_or_build(
+            path,
+            load,
+            lambda: self._fit(method, data, knn),
+            save,
+            notify=self.pc._notify,
+            stale=lambda old: old.name.startswith(prefix) and old.suffix == ".joblib",
+        )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures import TINY_SPEC, pattern
+from fixtures import TINY_SPEC, pattern, row_count
 from PIL import Image
 
 from priorcase.encoders import create_default_encoder, create_encoder
@@ -136,3 +136,77 @@ def test_default_encoder_falls_back_to_bundled_offline(bundled) -> None:
     assert "openclip:ViT-B-32/openai unavailable" in notes[0] and "'bundled'" in notes[0]
     assert seconds < 30, f"fallback took {seconds:.1f} s (a download attempt hung?)"
     assert encoder.weights_hash() == bundled.weights_hash()
+
+
+# ---------------------------------------------------------------- precision and the probe image
+
+
+def _library(tmp_path: Path, encoder) -> Path:
+    from fixtures import write_pngs
+
+    import priorcase
+
+    write_pngs(tmp_path / "images", 4, size=32)
+    db = tmp_path / "db"
+    priorcase.open(db, encoder=encoder).ingest(tmp_path / "images", workers=0, progress=False)
+    return db
+
+
+def _tamper(db: Path, **fields) -> None:
+    import json
+
+    from priorcase.index.manifest import MANIFEST_NAME
+
+    path = db / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    manifest["encoder"].update(fields)
+    path.write_text(json.dumps(manifest))
+
+
+def test_manifest_records_precision_and_probe(tiny_clip, tmp_path: Path) -> None:
+    from priorcase.encoders.base import PROBE_MIN_COSINE, probe_image
+    from priorcase.index.manifest import Manifest
+
+    db = _library(tmp_path, tiny_clip)
+    recorded = Manifest.load(db).encoder
+    assert recorded["precision"] == "fp32" and recorded["device_type"] == "cpu"
+    assert recorded["probe_min_cosine"] == PROBE_MIN_COSINE
+    probe = np.asarray(recorded["probe"])
+    assert probe.shape == (32,) and abs(np.linalg.norm(probe) - 1) < 1e-4
+    np.testing.assert_allclose(probe, tiny_clip.embed_pixels([probe_image()])[0], atol=1e-5)
+    assert recorded["preprocess"]["resize"] == "letterbox-bicubic"
+
+
+def test_other_precision_with_equivalent_probe_is_accepted(tiny_clip, tmp_path: Path) -> None:
+    import priorcase
+
+    db = _library(tmp_path, tiny_clip)
+    probe = np.asarray(tiny_clip.probe_vector(), dtype=np.float64)
+    nudged = probe + 0.004 * np.sin(np.arange(len(probe)))  # fp16-sized rounding: cos > 0.999
+    nudged /= np.linalg.norm(nudged)
+    assert float(nudged @ probe) > 0.999
+    _tamper(db, probe=nudged.tolist(), precision="fp16-autocast", device_type="cuda")
+    hits = priorcase.open(db, encoder=tiny_clip).search(image=tmp_path / "images" / "img000.png")
+    assert hits[0].id == "img000"
+
+
+def test_other_precision_with_different_probe_is_refused(tiny_clip, tmp_path: Path, capsys) -> None:
+    import priorcase
+    from priorcase.cli import main
+    from priorcase.errors import EncoderMismatchError
+
+    db = _library(tmp_path, tiny_clip)
+    probe = np.asarray(tiny_clip.probe_vector(), dtype=np.float64)
+    moved = probe + 0.2 * np.cos(np.arange(len(probe)))  # as far as another preprocessing
+    moved /= np.linalg.norm(moved)
+    _tamper(db, probe=moved.tolist(), precision="fp16-autocast", device_type="cuda")
+    query = tmp_path / "images" / "img001.png"  # a new query vector would be computed
+    with pytest.raises(EncoderMismatchError, match="embeds the probe image differently"):
+        priorcase.open(db, encoder=tiny_clip).search(image=query, k=2)
+    before = row_count(db)
+    assert main(["search", "--db", str(db), "--image", str(query)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "fp16-autocast on cuda" in err and "fp32 on cpu" in err
+    with pytest.raises(EncoderMismatchError):  # nor can it add vectors
+        priorcase.open(db, encoder=tiny_clip).ingest(tmp_path / "images", progress=False)
+    assert row_count(db) == before

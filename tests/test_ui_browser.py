@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -254,3 +256,135 @@ def test_basic_auth(page, library):
         page.locator("#query-upload").wait_for()
     finally:
         demo.close()
+
+
+# ---------------------------------------------------------------- security (no MIAS needed)
+
+SECRET_NAME = "DOE^JANE^SECRETPATIENT"
+
+
+@pytest.fixture(scope="module")
+def tiny_library(tmp_path_factory, tiny_clip):
+    """Eight labelled tiny-CLIP images in a folder whose name a user must never see."""
+    from fixtures import write_csv, write_pngs
+
+    import priorcase
+
+    root = tmp_path_factory.mktemp("ui-security") / "PACS_EXPORT_DOE_JANE"
+    files = write_pngs(root / "images", 8, size=32)
+    labels = write_csv(
+        root / "labels.csv",
+        ["image_id", "patient_id", "tissue"],
+        [[f.stem, f"P{i // 2}", "GF"[i % 2]] for i, f in enumerate(files)],
+    )
+    pc = priorcase.open(root / "db", encoder=tiny_clip)
+    pc.ingest(root / "images", labels=labels, workers=0, progress=False)
+    return pc, root
+
+
+def _files_containing(folder: Path, needle: bytes) -> list[Path]:
+    if not folder.exists():
+        return []
+    return [p for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def _status_code(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_uploaded_dicom_leaves_no_identifiable_file_and_is_not_served(
+    page, tiny_library, tmp_path, monkeypatch
+):
+    """Uploads once stayed in the shared Gradio folder, downloadable by other servers' users."""
+    import tempfile
+
+    import numpy as np
+    from fixtures import pattern, write_dicom
+
+    from priorcase.ui.security import private_upload_dir
+
+    pc, root = tiny_library
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "")  # restored after the test
+    private = private_upload_dir()
+    assert private.stat().st_mode & 0o777 == 0o700
+    # a file another Gradio server left in the shared folder, with the same identifiers
+    shared = Path(tempfile.gettempdir()) / "gradio" / "priorcase-test-other-server"
+    shared.mkdir(parents=True, exist_ok=True)
+    planted = shared / "other.dcm"
+    dicom = write_dicom(
+        tmp_path / "upload.dcm",
+        pattern(3, 32).astype(np.uint16) * 16,
+        PatientName=SECRET_NAME,
+        PatientID="MRN-0042",
+        PatientBirthDate="19700101",
+    )
+    planted.write_bytes(dicom.read_bytes())
+    demo, url = _launch(pc)
+    uploaded: list[str] = []
+    page.on(
+        "response",
+        lambda r: (
+            uploaded.extend(r.json())
+            if "/gradio_api/upload" in r.url and r.request.method == "POST"
+            else None
+        ),
+    )
+    try:
+        _open(page, url)
+        page.locator("#query-upload input[type=file]").set_input_files(str(dicom))
+        _wait_status(page, "nearest cases to")
+        assert uploaded, "the upload request was not seen"
+        needle = SECRET_NAME.encode()
+        assert _files_containing(private, needle) == []
+        assert _files_containing(Path(tempfile.gettempdir()) / "gradio", needle) == [planted]
+        for path in [*uploaded, str(planted)]:
+            assert _status_code(f"{url}gradio_api/file={path}") in (403, 404), path
+        # source paths (here holding a patient's name) are never shown
+        page.locator("#results-gallery .gallery-item").first.click()
+        page.locator("#case-detail").get_by_text("similarity (cosine)").wait_for()
+        content = page.content()
+        assert str(root) not in content and "DOE_JANE" not in content
+        assert SECRET_NAME not in content
+    finally:
+        demo.close()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_login_is_rate_limited_over_http(tiny_library):
+    """100 wrong passwords in 1.25 s, then the right one, once logged in."""
+    import time
+
+    from priorcase.ui.security import MAX_FAILURES
+
+    pc, _ = tiny_library
+    demo, url = _launch(pc, auth=AUTH)
+    user, password = AUTH.split(":", 1)
+
+    def login(pw: str) -> int:
+        data = urllib.parse.urlencode({"username": user, "password": pw}).encode()
+        return _status_code_post(url + "login", data)
+
+    try:
+        start = time.monotonic()
+        assert [login("wrong") for _ in range(MAX_FAILURES)] == [400] * MAX_FAILURES
+        assert time.monotonic() - start >= 0.4 * MAX_FAILURES  # each failure is slowed
+        assert login(password) == 400, "the right password got in during the lockout"
+    finally:
+        demo.close()
+    demo, url = _launch(pc, auth=AUTH)  # a fresh server: no lockout yet
+    try:
+        assert login(password) == 200
+    finally:
+        demo.close()
+
+
+def _status_code_post(url: str, data: bytes) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code

@@ -11,6 +11,10 @@ import torch
 
 from priorcase.encoders.preprocess import PreprocessConfig, preprocess_pixels
 
+# fp16 autocast vs fp32 vectors of one model agree to about 0.9999 cosine; below this, the two
+# would rank neighbours differently and must not share an index
+PROBE_MIN_COSINE = 0.999
+
 
 class Encoder(ABC):
     """An image tower (and a text tower) behind one spec string.
@@ -63,8 +67,25 @@ class Encoder(ABC):
             return np.zeros((0, self.text_dim), np.float32)
         return _normalise(self._text_features(list(texts)))
 
+    @property
+    def precision(self) -> str:
+        """How image vectors are computed: fp16 autocast on CUDA, else float32."""
+        return "fp16-autocast" if self.device.type == "cuda" else "fp32"
+
+    def probe_vector(self) -> np.ndarray:
+        """This encoder's vector for :func:`probe_image` (computed once per encoder)."""
+        cached = getattr(self, "_probe", None)
+        if cached is None:
+            cached = self._probe = self.embed_pixels([probe_image()])[0]
+        return cached
+
     def describe(self) -> dict:
-        """What the index manifest records about this encoder."""
+        """What the index manifest records about this encoder.
+
+        Besides the weights and preprocessing: the precision and device type the vectors are
+        computed with, and the vector of a fixed probe image, so an index opened with another
+        precision (fp16 on CUDA vs fp32 on CPU) mixes vectors only when the probe agrees.
+        """
         return {
             "spec": self.spec,
             "weights_sha256": self.weights_hash(),
@@ -72,7 +93,20 @@ class Encoder(ABC):
             "text_dim": self.text_dim,
             "aligned": self.aligned,
             "preprocess": self.preprocess_cfg.to_dict(),
+            "precision": self.precision,
+            "device_type": self.device.type,
+            "probe": [round(float(v), 6) for v in self.probe_vector()],
+            "probe_min_cosine": PROBE_MIN_COSINE,
         }
+
+
+def probe_image(size: int = 256) -> np.ndarray:
+    """A fixed synthetic grey image (gradients, a disc, fine stripes): no RNG, no file."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    img = 60 + 80 * xx + 40 * np.sin(6 * np.pi * yy)
+    img[(xx - 0.6) ** 2 + (yy - 0.4) ** 2 < 0.04] = 230
+    img[(np.floor(xx * 32) % 2 == 0) & (yy > 0.75)] = 15
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 def _normalise(feats: torch.Tensor) -> np.ndarray:

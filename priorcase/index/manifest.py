@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from filelock import FileLock
 
 from priorcase.errors import EncoderMismatchError, PriorcaseError, SaltMismatchError, StorageError
@@ -48,6 +49,28 @@ class Manifest:
                 f"(weights {self.encoder['weights_sha256'][:12]}); refusing vectors from "
                 f"{described['spec']!r} (weights {described['weights_sha256'][:12]}): "
                 "embeddings of two encoders are not comparable. Use another --db."
+            )
+        self.check_probe(described, db_dir)
+
+    def check_probe(self, described: dict, db_dir: Path) -> None:
+        """Refuse an encoder whose vector for the fixed probe image differs from the stored one
+        (another precision, device or image library): its vectors would not be comparable.
+        Indexes written before the probe was recorded are not checked."""
+        stored, theirs = self.encoder.get("probe"), described.get("probe")
+        if not stored or not theirs:
+            return
+        a, b = np.asarray(stored, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+        cosine = -1.0
+        if a.shape == b.shape:
+            cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+        minimum = float(self.encoder.get("probe_min_cosine", 0.999))
+        if cosine < minimum:
+            raise EncoderMismatchError(
+                f"index {db_dir} was built with {self.encoder_spec!r} at "
+                f"{self.encoder.get('precision', '?')} on {self.encoder.get('device_type', '?')}; "
+                f"this encoder ({described.get('precision')} on {described.get('device_type')}) "
+                f"embeds the probe image differently (cosine {cosine:.5f} < {minimum}): "
+                "vectors would not be comparable. Use the original device or another --db."
             )
 
     def check_salt(self, fingerprint: str, db_dir: Path) -> None:

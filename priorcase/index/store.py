@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
@@ -58,6 +59,14 @@ class Snapshot:
     groups: np.ndarray
     patients: np.ndarray
     vectors: np.ndarray  # float32 (n, dim)
+
+    @cached_property
+    def digest(self) -> str:
+        """Content digest (ids and vectors): names derived files, unlike ``version``, which
+        LanceDB restarts when a table is recreated at the same path."""
+        from priorcase.index.artifacts import content_digest
+
+        return content_digest(self.ids, self.vectors)
 
 
 @dataclass
@@ -298,36 +307,28 @@ class CaseStore:
 
     # ------------------------------------------------------------------ reading
     def snapshot(self, kind: str | None = None) -> Snapshot:
-        """Vectors of the current version (cached until the table changes)."""
-        table = self.table
-        if table is None:
-            raise QueryError(f"index {self.db_dir} is empty: run 'priorcase ingest' first")
-        key = (int(table.version), kind)
+        """Vectors of the current version (cached until the table changes).
+
+        The version is read under the lock before and after the rows: a commit in between
+        (another process) is retried, so rows of version v+1 are never cached as version v.
+        """
         with self._lock:
-            if key not in self._snapshots:
-                query = table.search().select(["id", "kind", "group", "patient", "vector"])
-                if kind:
-                    query = query.where(f"kind = '{kind}'")
-                arrow = query.limit(None).to_arrow()
-                vectors = np.asarray(
-                    arrow.column("vector")
-                    .combine_chunks()
-                    .flatten()
-                    .to_numpy(zero_copy_only=False),
-                    dtype=np.float32,
-                ).reshape(arrow.num_rows, -1)
-                self._snapshots = {
-                    key: Snapshot(
-                        version=key[0],
-                        ids=np.array(arrow.column("id").to_pylist(), dtype=object),
-                        kinds=np.array(arrow.column("kind").to_pylist(), dtype=object),
-                        groups=np.array(arrow.column("group").to_pylist(), dtype=object),
-                        patients=np.array(arrow.column("patient").to_pylist(), dtype=object),
-                        vectors=vectors,
-                    ),
-                    **{k: v for k, v in self._snapshots.items() if k[0] == key[0]},
-                }
-            return self._snapshots[key]
+            for _ in range(5):
+                table = self.table
+                if table is None:
+                    raise QueryError(f"index {self.db_dir} is empty: run 'priorcase ingest' first")
+                key = (int(table.version), kind)
+                if key in self._snapshots:
+                    return self._snapshots[key]
+                snapshot = _read_snapshot(table, key[0], kind)
+                table.checkout_latest()
+                if int(table.version) == key[0]:
+                    self._snapshots = {
+                        key: snapshot,
+                        **{k: v for k, v in self._snapshots.items() if k[0] == key[0]},
+                    }
+                    return snapshot
+            return snapshot  # the table keeps changing: answer from this read, uncached
 
     def stored_copy(self, content_hash: str) -> tuple[str, str | None] | None:
         """(id, group) of the stored whole image with these bytes, or None."""
@@ -343,13 +344,33 @@ class CaseStore:
         )
         return (rows[0]["id"], rows[0]["group"]) if rows else None
 
+    def filterable_columns(self) -> dict[str, str]:
+        """Names a ``--where`` may use -> table fields: labels, metadata, ``id`` and ``kind``.
+
+        Hidden columns (path, patient, group and the group column, key, hashes, vectors,
+        thumbnails) are left out, so a filter cannot probe them. A stored field name
+        (``label_path``) is accepted too.
+        """
+        manifest = self.manifest
+        names = (manifest.label_columns + manifest.metadata_columns) if manifest else []
+        columns = {"id": "id", "kind": "kind"}
+        # the group column (patient_id) holds the same pseudonym as the hidden `group`
+        for name in (n for n in names if manifest and n != manifest.group_column):
+            columns[name] = field_name(name)
+            columns.setdefault(field_name(name), field_name(name))
+        return columns
+
     def ids_matching(self, where: str) -> set[str]:
-        """Ids of rows satisfying a LanceDB SQL predicate; a bad predicate is a QueryError."""
+        """Ids of rows satisfying a filter (see :mod:`priorcase.retrieval.where`); a bad or
+        hidden-column filter is a one-line QueryError."""
+        from priorcase.retrieval.where import parse_where
+
         table = self.table
         if table is None:
             return set()
+        sql = parse_where(where, self.filterable_columns())
         try:
-            arrow = table.search().where(where).select(["id"]).limit(None).to_arrow()
+            arrow = table.search().where(sql).select(["id"]).limit(None).to_arrow()
         except Exception as err:  # lance raises ValueError / RuntimeError with parser text
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise QueryError(f"invalid --where {where!r}: {first}") from err
@@ -404,6 +425,25 @@ class CaseStore:
         return dict(
             zip(arrow.column("id").to_pylist(), arrow.column(name).to_pylist(), strict=True)
         )
+
+
+def _read_snapshot(table: lancedb.table.Table, version: int, kind: str | None) -> Snapshot:
+    query = table.search().select(["id", "kind", "group", "patient", "vector"])
+    if kind:
+        query = query.where(f"kind = '{kind}'")
+    arrow = query.limit(None).to_arrow()
+    vectors = np.asarray(
+        arrow.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+        dtype=np.float32,
+    ).reshape(arrow.num_rows, -1)
+    return Snapshot(
+        version=version,
+        ids=np.array(arrow.column("id").to_pylist(), dtype=object),
+        kinds=np.array(arrow.column("kind").to_pylist(), dtype=object),
+        groups=np.array(arrow.column("group").to_pylist(), dtype=object),
+        patients=np.array(arrow.column("patient").to_pylist(), dtype=object),
+        vectors=vectors,
+    )
 
 
 def _to_arrow(records: list[CaseRecord], columns: list[str], dim: int) -> pa.Table:

@@ -87,24 +87,29 @@ def gpu_faiss_available() -> bool:
 def _load_or_build(
     vectors: np.ndarray, hnsw: bool, use_gpu: bool, cache_path: Path | None
 ) -> faiss.Index:
-    """Reuse a FAISS index saved for exactly these vectors (same table version), else build it."""
-    if cache_path is not None:
-        cache_path = cache_path.with_name(cache_path.stem + ("-hnsw" if hnsw else "") + ".index")
-    if cache_path is not None and cache_path.exists():
-        index = faiss.read_index(str(cache_path))
-        if index.ntotal == len(vectors) and index.d == vectors.shape[1]:
-            return _to_gpu(index) if use_gpu else index
-    index = build_faiss_index(vectors, hnsw=hnsw)
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(".tmp")
-        faiss.write_index(index, str(tmp))
-        tmp.replace(cache_path)
-        version_prefix = cache_path.name.split("-")[0] + "-"  # "v12-image.index" -> "v12-"
-        for stale in cache_path.parent.glob("*.index"):
-            # indexes of older table versions are never searched again
-            if not stale.name.startswith(version_prefix):
-                stale.unlink(missing_ok=True)
+    """Reuse the FAISS index saved at ``cache_path`` (a name holding the vectors' digest), else
+    build and save it atomically; a file that does not load or does not fit is rebuilt."""
+    if cache_path is None:
+        index = build_faiss_index(vectors, hnsw=hnsw)
+        return _to_gpu(index) if use_gpu else index
+    from priorcase.index.artifacts import load_or_build
+
+    def load(path: Path) -> faiss.Index:
+        index = faiss.read_index(str(path))
+        if index.ntotal != len(vectors) or index.d != vectors.shape[1]:
+            raise ValueError(f"holds {index.ntotal}x{index.d} vectors, not {vectors.shape}")
+        return index
+
+    # "image-faiss-<digest>.index": older digests of the same kind and backend are stale
+    prefix = cache_path.name.rsplit("-", 1)[0] + "-"
+    index = load_or_build(
+        cache_path,
+        load,
+        lambda: build_faiss_index(vectors, hnsw=hnsw),
+        lambda index, tmp: faiss.write_index(index, str(tmp)),
+        notify=lambda message: None,  # an index is cheap to rebuild: no need to say so
+        stale=lambda old: old.name.startswith(prefix) and old.suffix == ".index",
+    )
     return _to_gpu(index) if use_gpu else index
 
 

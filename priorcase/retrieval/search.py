@@ -6,13 +6,49 @@ from pathlib import Path
 
 import numpy as np
 
-from priorcase.classifiers.joint_space import JointSpace
+from priorcase.classifiers.joint_space import ClipSpace, JointSpace
 from priorcase.errors import QueryError
+from priorcase.index.artifacts import BoundedCache
 from priorcase.index.store import CaseStore, Snapshot
 from priorcase.index.vector_index import VectorIndex
 from priorcase.records import SearchHit
 
 KINDS = ("image", "roi")
+MAX_K = 10_000  # results per query: beyond this a "k" is a typo, and would allocate k columns
+MAX_TEXT_CHARS = 1_000  # CLIP reads 77 tokens; a longer "description" is a pasted document
+
+
+def check_k(k: object, what: str = "k") -> int:
+    """``k`` as an int in 1..MAX_K, else a one-line QueryError (never a huge allocation)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise QueryError(f"{what} must be a whole number, got {k!r}")
+    if not 1 <= int(k) <= MAX_K:
+        raise QueryError(f"{what} must be between 1 and {MAX_K}, got {k}")
+    return int(k)
+
+
+def check_text(text: str) -> str:
+    """A text query stripped of outer space; empty or over MAX_TEXT_CHARS is a QueryError."""
+    stripped = (text or "").strip()
+    if not stripped:
+        raise QueryError("the text query is empty: describe a finding, e.g. 'dense breast'")
+    if len(stripped) > MAX_TEXT_CHARS:
+        raise QueryError(
+            f"the text query has {len(stripped)} characters; the limit is {MAX_TEXT_CHARS}"
+        )
+    return stripped
+
+
+# image / roi / all, each in image space and at most one learned text space, plus slack
+MAX_CACHED_INDEXES = 8
+
+
+def _space_key(space: JointSpace | None) -> str | None:
+    """ "" where ``space`` leaves image vectors as they are (CLIP), else its ``content_key``
+    (None: a space with no content identity, whose index is not cached)."""
+    if space is None or isinstance(space, ClipSpace):
+        return ""
+    return getattr(space, "content_key", None)
 
 
 class Searcher:
@@ -22,22 +58,32 @@ class Searcher:
         self.store = store
         self.backend = backend
         self.use_gpu = use_gpu
-        self._indexes: dict[tuple[int, str | None], VectorIndex] = {}
+        self._indexes = BoundedCache(MAX_CACHED_INDEXES)
 
     def index_for(
         self, snapshot: Snapshot, kind: str | None, space: JointSpace | None = None
     ) -> VectorIndex:
-        """The kNN index of a snapshot, in image space or mapped into a joint text-image space."""
-        key = (snapshot.version, kind, id(space))
-        if key not in self._indexes:
-            name = f"v{snapshot.version}-{kind or 'all'}{'-joint' if space else ''}.index"
-            vectors = snapshot.vectors if space is None else space.images(snapshot.vectors)
-            cache = None if space else Path(self.store.db_dir) / "faiss" / name
-            index = VectorIndex(vectors, self.backend, self.use_gpu, cache_path=cache)
-            # keep only the current version's indexes
-            self._indexes = {k: v for k, v in self._indexes.items() if k[0] == snapshot.version}
-            self._indexes[key] = index
-        return self._indexes[key]
+        """The kNN index of a snapshot, in image space or mapped into a joint text-image space.
+
+        Keyed by the snapshot's content digest and the space's identity (``space_key``), so a
+        table recreated at the same path never gets the old index, and a new ``ClipSpace``
+        per text query reuses the image-space index instead of copying the matrix again.
+        """
+        space_key = _space_key(space)
+        key = (snapshot.digest, kind, space_key, self.backend)
+
+        def make() -> VectorIndex:
+            if not space_key:
+                name = f"{kind or 'all'}-{self.backend}-{snapshot.digest[:32]}.index"
+                cache = Path(self.store.db_dir) / "faiss" / name
+                return VectorIndex(snapshot.vectors, self.backend, self.use_gpu, cache_path=cache)
+            assert space is not None
+            vectors = space.images(snapshot.vectors)
+            return VectorIndex(vectors, self.backend, self.use_gpu)
+
+        if space_key is None:
+            return make()
+        return self._indexes.get_or_make(key, make)
 
     def allowed_mask(
         self,
@@ -48,7 +94,7 @@ class Searcher:
     ) -> np.ndarray | None:
         """Boolean mask of rows a query may return, or None when every row may."""
         mask = np.ones(len(snapshot.ids), dtype=bool)
-        if where:
+        if where is not None:  # "" is an error (an empty --where), not "no filter"
             matching = self.store.ids_matching(where)
             mask &= np.fromiter((i in matching for i in snapshot.ids), bool, len(snapshot.ids))
         if exclude_group is not None:
@@ -74,8 +120,7 @@ class Searcher:
         """
         if kind is not None and kind not in KINDS:
             raise QueryError(f"unknown kind {kind!r}: use image or roi")
-        if k < 1:
-            raise QueryError(f"k must be at least 1, got {k}")
+        k = check_k(k)
         snapshot = self.store.snapshot(kind)
         if len(snapshot.ids) == 0:
             return []

@@ -181,7 +181,7 @@ class Actions:
         if not text:
             raise QueryError("type a description to search for, e.g. 'dense glandular breast'")
         with self._text_lock:
-            self.pc.joint_space()  # trained once per table version
+            self.pc.joint_space()  # fitted once per training data (see PriorCase.joint_space)
         return self.pc.search(text=text, k=int(k), kind=self.kind_arg(kind), where=where)
 
     def parent_of(self, hit: SearchHit) -> SearchHit | None:

@@ -2,13 +2,14 @@
 
 ``build_app(pc)`` makes the Blocks; ``serve(db, ...)`` opens an index and launches it on
 127.0.0.1 unless told otherwise. Launch with :func:`launch_options` (upload limit, theme,
-CSS); thumbnails come from the index bytes, so no ``allowed_paths`` is ever needed.
+CSS, login); thumbnails come from the index bytes, so no ``allowed_paths`` is ever needed.
+Uploads are deleted once decoded (see :mod:`priorcase.ui.security`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,20 @@ from priorcase.ui.classify_panel import DEFAULT_METHODS, METHOD_TITLES
 from priorcase.ui.gallery import decode_thumbnail, detail_markdown, enlarge, gallery_items
 from priorcase.ui.library_view import label_counts, summary_markdown
 from priorcase.ui.overlays import draw_roi
+from priorcase.ui.security import (
+    check_exposure,
+    discard_upload,
+    is_loopback,
+    parse_auth,
+    private_upload_dir,
+    rate_limited_login,
+    shared_gradio_dirs,
+)
 
 log = logging.getLogger(__name__)
 
 CONCURRENCY_LIMIT = 4
+DELETE_CACHE = (300, 300)  # every 5 minutes, delete Gradio's files older than 5 minutes
 MAX_ID_CHOICES = 5000
 CSS = """
 #status-box p { font-size: 1.02rem; }
@@ -55,25 +66,26 @@ CSS = """
 
 
 def launch_options(auth: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for ``Blocks.launch``: upload limit, theme, CSS, optional basic auth."""
+    """Keyword arguments for ``Blocks.launch``: upload limit, theme, CSS, optional login.
+
+    The login (``auth``) is Gradio's sign-in form checked by :func:`rate_limited_login`.
+    When uploads go to a private folder (:func:`private_upload_dir`), the shared
+    ``/tmp/gradio`` of other Gradio servers is blocked from ``/gradio_api/file=``.
+    """
     options: dict[str, Any] = {
         "max_file_size": f"{MAX_UPLOAD_MB}mb",
         "theme": gr.themes.Soft(),
         "css": CSS,
         "show_error": False,
     }
+    own = os.environ.get("GRADIO_TEMP_DIR")
+    shared = shared_gradio_dirs()
+    if own and not any(Path(own).resolve().is_relative_to(d) for d in shared):
+        options["blocked_paths"] = shared
     if auth:
-        options["auth"] = parse_auth(auth)
+        options["auth"] = rate_limited_login(*parse_auth(auth))
         options["auth_message"] = "priorcase: sign in to search the case library."
     return options
-
-
-def parse_auth(auth: str) -> tuple[str, str]:
-    """``user:pass`` -> (user, pass); the password may contain colons."""
-    user, sep, password = auth.partition(":")
-    if not sep or not user or not password:
-        raise PriorcaseError("--auth must look like user:password")
-    return user, password
 
 
 def _error(message: str) -> str:
@@ -128,7 +140,8 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
     n_images = pc.store.count("image")
     encoder = manifest.encoder_spec if manifest else "none"
 
-    with gr.Blocks(title="priorcase – similar prior cases") as demo:
+    # files Gradio writes for outputs (query views, thumbnails) are deleted within minutes
+    with gr.Blocks(title="priorcase – similar prior cases", delete_cache=DELETE_CACHE) as demo:
         query_state = gr.State(None)  # Query | None
         hits_state = gr.State([])  # list[SearchHit]
         last_search = gr.State(None)  # ("image", None) | ("text", str)
@@ -300,11 +313,13 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                 query = actions.query_from_upload(file, Path(file).name)
             except Exception as err:  # clear the bad file so another can be dropped
                 return [gr.update(value=None), None, None, "", *failed(_message(err))]
+            finally:  # decoded: the upload (DICOM header and all) leaves the disk now
+                discard_upload(file)
             try:
                 found = run_image(query, k_, kind_, exclude_, where_, *fvals)
             except Exception as err:
                 found = failed(_message(err))
-            return [gr.update(), query, query.view, _metadata_markdown(query), *found]
+            return [gr.update(value=None), query, query.view, _metadata_markdown(query), *found]
 
         def on_id(case, k_, kind_, exclude_, where_, *fvals):
             try:
@@ -419,30 +434,29 @@ def _warm(actions: Actions, column: str | None) -> None:
         log.exception("UI warm-up failed")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def serve(
     db: str | Path,
     host: str = "127.0.0.1",
     port: int = 7860,
     auth: str | None = None,
     device: str | None = None,
+    insecure_no_auth: bool = False,
 ) -> None:
-    """Open the library at ``db`` and serve the UI (blocking) on ``host:port``."""
+    """Open the library at ``db`` and serve the UI (blocking) on ``host:port``.
+
+    Beyond loopback a login (``auth``) is required unless ``insecure_no_auth`` says otherwise.
+    """
     import priorcase
 
+    check_exposure(host, auth, insecure_no_auth)
+    if auth:
+        parse_auth(auth)  # a malformed --auth fails before the library is loaded
     pc = priorcase.open(db, device=device)
     if pc.store.manifest is None or pc.store.count() == 0:
         raise PriorcaseError(f"index {db} is empty: run 'priorcase ingest --db {db} ...' first")
-    if not _is_loopback(host) and not auth:
-        print(f"warning: serving on {host} without --auth: anyone on the network can search")
+    if not is_loopback(host) and not auth:
+        print(f"warning: serving on {host} without a login (--insecure-no-auth)")
+    private_upload_dir()  # before the components are built: they read GRADIO_TEMP_DIR
     options = launch_options(auth)
     pc.encoder  # noqa: B018 - load the model before the first request, not during it
     build_app(pc, warm_up=True).launch(server_name=host, server_port=port, **options)
