@@ -14,7 +14,7 @@ from priorcase.classifiers.reports import report_from_labels
 from priorcase.encoders import Encoder, create_default_encoder, create_encoder
 from priorcase.errors import EncoderMismatchError, QueryError
 from priorcase.index.artifacts import content_digest, load_or_build
-from priorcase.index.store import CaseStore, sql_quote
+from priorcase.index.store import CaseStore
 from priorcase.ingest.pipeline import ROI_TYPE, IngestOptions, ingest
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, read_image
@@ -95,7 +95,7 @@ class PriorCase:
         if where is not None:
             chosen |= self.store.ids_matching(where)
         if patient is not None:
-            chosen |= self.store.ids_matching(f"patient = {sql_quote(patient)}")
+            chosen |= self.store.ids_of_patient(patient)
         if not chosen and not (where or patient):
             raise QueryError("give ids, a where filter or a patient pseudonym to delete")
         deleted = self.store.delete_cases(sorted(chosen))

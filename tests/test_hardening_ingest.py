@@ -400,7 +400,7 @@ def test_delete_erases_rows_rois_derived_files_and_old_versions(tmp_path: Path, 
     assert pc.delete(ids=["f0"]) == (1, 1)
     assert set(_rows(db)) == {"f1", "f1-roi1", "f2", "pat"}
     assert not (db / "classifiers").exists() and not (db / "faiss").exists()
-    assert not list(db.glob("text-aligner-v*.pt"))
+    assert not list(db.glob("text-aligner-*.pt"))
     for path in db.rglob("*"):
         if path.is_file():
             blob = path.read_bytes()

@@ -26,7 +26,7 @@ TABLE_NAME = "cases"
 # Files derived from the table (rebuilt on demand); removed when cases are deleted, so no
 # erased case survives in a saved head, aligner or FAISS index.
 DERIVED_DIRS = ("classifiers", "faiss")
-DERIVED_GLOBS = ("text-aligner-v*.pt",)
+DERIVED_GLOBS = ("text-aligner-*.pt", "text-aligner-*.pt.lock")
 # Compact after an ingest that made at least this many commits.
 OPTIMIZE_AFTER_COMMITS = 20
 _RETRIES = 8
@@ -375,6 +375,15 @@ class CaseStore:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise QueryError(f"invalid --where {where!r}: {first}") from err
         return set(arrow.column("id").to_pylist())
+
+    def ids_of_patient(self, pseudonym: str) -> set[str]:
+        """Ids of every row of one patient pseudonym (``patient`` is no user-filterable column,
+        so this internal query bypasses :meth:`ids_matching`)."""
+        table = self.table
+        if table is None:
+            return set()
+        query = table.search().where(f"patient = {sql_quote(pseudonym)}").select(["id"])
+        return set(query.limit(None).to_arrow().column("id").to_pylist())
 
     def fetch(self, ids: list[str], with_vectors: bool = False) -> dict[str, dict]:
         """Full rows by id (as Python dicts)."""
