@@ -86,3 +86,35 @@ def test_two_ingests_into_an_existing_library(tmp_path: Path) -> None:
     assert all(rows[p.stem]["tissue"] == "F" for p in old)
     manifest = json.loads((db / MANIFEST_NAME).read_text())
     assert set(manifest["label_columns"]) == {"tissue", "severity", "density"}
+
+
+@pytest.mark.timeout(600)
+def test_search_during_an_ingest_never_errors_and_sees_new_rows(tmp_path: Path, bundled) -> None:
+    """A reader (one open PriorCase, as the UI holds) searches while another process ingests:
+    no query fails, and rows committed by the writer become visible to the open handle."""
+    import time
+
+    import priorcase
+
+    first = write_pngs(tmp_path / "first", 4)
+    labels = write_csv(tmp_path / "a.csv", ["image_id", "tissue"], [[p.stem, "F"] for p in first])
+    db = tmp_path / "db"
+    _check(_run_together((db, tmp_path / "first", labels)))
+    more = write_pngs(tmp_path / "more", 10, prefix="m", start=40)
+    more_labels = write_csv(
+        tmp_path / "b.csv", ["image_id", "tissue"], [[p.stem, "G"] for p in more]
+    )
+    reader = priorcase.open(db, encoder=bundled)
+    writer = _start(db, tmp_path / "more", more_labels)
+    seen: set[int] = set()
+    while writer.poll() is None:
+        hits = reader.search(id=first[0].stem, k=50)
+        seen.add(len(hits))
+        time.sleep(0.2)
+    stdout, stderr = writer.communicate()
+    assert writer.returncode == 0, stdout + stderr
+    hits = reader.search(id=first[0].stem, k=50)
+    assert len(hits) == 3 + len(more)  # every committed row, the query itself excluded
+    assert {h.labels["tissue"] for h in hits} == {"F", "G"}
+    assert min(seen) >= 3
+    assert_unique(db)
