@@ -18,6 +18,13 @@ from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, read_image
 from priorcase.library import DEFAULT_KNN, Classification, KnnOptions, LibraryClassifiers
 from priorcase.records import IngestReport, LoadedImage, SearchHit
+from priorcase.retrieval.regions import (
+    TileBank,
+    add_matches,
+    box_pixels,
+    query_tiles,
+    query_view,
+)
 from priorcase.retrieval.search import Searcher
 
 ALIGNER_PREFIX = "text-aligner-v"
@@ -47,6 +54,7 @@ class PriorCase:
         self._encoder: Encoder | None = encoder if isinstance(encoder, Encoder) else None
         self._space: tuple[int, JointSpace] | None = None
         self._classifiers: LibraryClassifiers | None = None
+        self._tiles: tuple[int, TileBank] | None = None
         manifest = self.store.manifest
         if manifest is not None and isinstance(encoder, str) and encoder != manifest.encoder_spec:
             raise EncoderMismatchError(
@@ -82,8 +90,15 @@ class PriorCase:
         return read_image(Path(path), Pseudonymizer.for_index(self.store.db_dir))
 
     def embed(self, image: LoadedImage) -> np.ndarray:
-        """The image-space vector of a decoded image."""
-        return self.encoder.embed_pixels([image.pixels])[0]
+        """The image-space vector of a decoded image, preprocessed as the index's films were."""
+        return self.encoder.embed_pixels([query_view(self.store, image).pixels])[0]
+
+    def tiles(self) -> TileBank:
+        """The stored tiles (cached per table version)."""
+        version = self.store.version
+        if self._tiles is None or self._tiles[0] != version:
+            self._tiles = (version, TileBank.load(self.store))
+        return self._tiles[1]
 
     def search(
         self,
@@ -94,10 +109,21 @@ class PriorCase:
         where: str | None = None,
         exclude_same_patient: bool = False,
         kind: str | None = None,
+        box: tuple[int, int, int, int] | None = None,
+        match: bool = True,
     ) -> list[SearchHit]:
-        """The k most similar cases to an image file, a text or a stored case id."""
+        """The k most similar cases to an image file, a text or a stored case id.
+
+        ``box`` (x0, y0, x1, y1, source pixels of ``image``) searches with that region, among
+        ROIs (or tiles where the index has no ROIs) unless ``kind`` says otherwise. ``match``
+        adds, to each film hit of an index with tiles, its best-matching pair of tiles.
+        """
         if sum(q is not None for q in (image, text, id)) != 1:
             raise QueryError("give exactly one of image, text or id")
+        if box is not None:
+            if image is None:
+                raise QueryError("a box query needs an image")
+            return self._search_box(image, box, k, where, exclude_same_patient, kind)
         exclude_group: str | None = None
         exclude_ids: set[str] = set()
         if text is not None:
@@ -116,7 +142,31 @@ class PriorCase:
             vector = self.embed(loaded)
             if exclude_same_patient:
                 exclude_group = self.query_group(loaded)
-        return self.searcher.search(vector, k, kind, where, exclude_group, exclude_ids)
+        hits = self.searcher.search(vector, k, kind, where, exclude_group, exclude_ids)
+        if match and kind in (None, "image") and len(self.tiles()):
+            bank = self.tiles()
+            if id is not None:
+                mine = bank.of(id)
+                add_matches(hits, bank, bank.boxes[mine], bank.vectors[mine])
+            else:
+                add_matches(hits, bank, *query_tiles(self, loaded))
+        return hits
+
+    def _search_box(
+        self,
+        image: str | Path | LoadedImage,
+        box: tuple[int, int, int, int],
+        k: int,
+        where: str | None,
+        exclude_same_patient: bool,
+        kind: str | None,
+    ) -> list[SearchHit]:
+        loaded = image if isinstance(image, LoadedImage) else self.read(image)
+        crop = box_pixels(query_view(self.store, loaded), tuple(box), loaded.path)  # type: ignore[arg-type]
+        vector = self.encoder.embed_pixels([crop])[0]
+        kind = kind or ("roi" if self.store.count("roi") else "tile")
+        group = self.query_group(loaded) if exclude_same_patient else None
+        return self.searcher.search(vector, k, kind, where, group)
 
     def query_group(self, image: LoadedImage) -> str | None:
         """The query's group: that of its stored copy (same bytes), else its DICOM patient."""

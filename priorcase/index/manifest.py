@@ -25,6 +25,10 @@ class Manifest:
     created: str = field(default_factory=lambda: _now())
     updated: str = field(default_factory=lambda: _now())
     format: int = FORMAT_VERSION
+    # how images are preprocessed before embedding (priorcase.ingest.breast.BreastConfig);
+    # None: an index from before breast preprocessing, whose images are embedded as read
+    breast: dict | None = None
+    tiles: dict | None = None  # priorcase.ingest.tiles.TileConfig; None: no tile rows
 
     @property
     def encoder_spec(self) -> str:

@@ -21,11 +21,13 @@ from priorcase.encoders.preprocess import PreprocessConfig, preprocess_pixels
 from priorcase.errors import ImageReadError, PriorcaseError
 from priorcase.index.manifest import Manifest
 from priorcase.index.store import CaseStore
+from priorcase.ingest.breast import MAMMOGRAPHY, BreastConfig, BreastView, prepare
 from priorcase.ingest.labels import PATIENT_COLUMN, LabelTable, read_findings, read_labels
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, iter_image_files, read_image
-from priorcase.ingest.roi import crop_roi, sample_normal_rois
+from priorcase.ingest.roi import crop_box, sample_normal_rois
 from priorcase.ingest.thumbnails import make_thumbnail
+from priorcase.ingest.tiles import TILE_KIND, TileConfig, film_tiles, sizes_from_radii
 from priorcase.records import CaseRecord, Finding, IngestReport
 
 ROI_TYPE = "roi_type"  # label set on every ROI row: "lesion" or "normal"
@@ -48,6 +50,12 @@ class IngestOptions:
     # tell them apart by scale alone)
     normal_roi_radius: int | None = None
     progress: bool = True
+    # "MG": a mammography collection: breast crop/flip and tiles for every image (default:
+    # only DICOM files whose Modality is MG are cropped, and no tiles). Fixed at first ingest.
+    modality: str | None = None
+    tile_sizes: tuple[int, ...] | None = None  # None: from the findings' radii (MG); (): none
+    tile_overlap: float = 0.5
+    clahe: bool = False
 
 
 @dataclass
@@ -62,13 +70,29 @@ class _Task:
     normal_roi_radii: tuple[int, ...] = (DEFAULT_NORMAL_RADIUS,)
 
 
+@dataclass(frozen=True)
+class _Views:
+    """The index's breast preprocessing and tiling, and whether findings label the films."""
+
+    breast: BreastConfig
+    tiles: TileConfig | None
+    findings_known: bool
+
+
 class _FileDataset(Dataset):
     """Decodes and preprocesses one file per item; errors come back as values, not raises."""
 
-    def __init__(self, tasks: list[_Task], cfg: PreprocessConfig, pseudonymize: Pseudonymizer):
+    def __init__(
+        self,
+        tasks: list[_Task],
+        cfg: PreprocessConfig,
+        pseudonymize: Pseudonymizer,
+        views: _Views,
+    ):
         self.tasks = tasks
         self.preprocess = partial(preprocess_pixels, cfg=cfg)
         self.pseudonymize = pseudonymize
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -76,18 +100,21 @@ class _FileDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         task = self.tasks[index]
         try:
-            return _load(task, self.preprocess, self.pseudonymize)
+            return _load(task, self.preprocess, self.pseudonymize, self.views)
         except ImageReadError as err:
             return {"task": task, "error": str(err)}
         except Exception as err:  # one bad file must never stop the batch
             return {"task": task, "error": f"{task.path}: {type(err).__name__}: {err}"}
 
 
-def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer) -> dict:
+def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer, views: _Views) -> dict:
     image = read_image(task.path, pseudonymize)
     pixels = image.pixels
     height, width = pixels.shape[:2]
     metadata = {**image.metadata, "width": str(width), "height": str(height)}
+    view = prepare(pixels, views.breast, image.metadata)
+    if views.breast.applies(image.metadata):
+        metadata |= view.describe()
     rois = []
     for finding in task.findings:
         if None in (finding.x, finding.y, finding.radius):
@@ -101,23 +128,37 @@ def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer) -> dict:
             rois.append((geometry, {ROI_TYPE: "normal"}))
     roi_items = []
     for geometry, labels in rois:
-        crop = crop_roi(pixels, *geometry)
+        crop, box = _view_crop(view, crop_box(width, height, *geometry))
         roi_items.append(
             {
                 "roi": geometry,
+                "box": box,
                 "labels": labels,
                 "tensor": preprocess(crop),
                 "thumbnail": make_thumbnail(crop, 128),
             }
         )
+    tiles = (
+        film_tiles(view, views.tiles, task.findings, views.findings_known) if views.tiles else []
+    )
     return {
         "task": task,
-        "tensor": preprocess(pixels),
+        "tensor": preprocess(view.pixels),
         "thumbnail": make_thumbnail(pixels),
         "metadata": metadata,
         "patient": image.patient,
         "rois": roi_items,
+        # no thumbnails: the UI draws a tile's box on its parent film
+        "tiles": [{"tile": t, "tensor": preprocess(view.crop(t.view_box))} for t in tiles],
     }
+
+
+def _view_crop(view: BreastView, box: tuple[int, int, int, int]) -> tuple[np.ndarray, tuple]:
+    """The view's pixels of a source box, and that box as embedded (source pixels)."""
+    vbox = view.from_source(box)
+    if vbox[2] - vbox[0] < 1 or vbox[3] - vbox[1] < 1:  # outside the breast crop
+        return view.pixels[:1, :1], box
+    return view.crop(vbox), view.to_source(vbox)
 
 
 def _normal_rois(pixels, task: _Task) -> list[tuple[int, int, int]]:
@@ -143,17 +184,19 @@ def ingest(
     started = time.perf_counter()
     report = IngestReport(encoder=encoder.spec)
     described = encoder.describe()
+    labels = read_labels(options.labels) if options.labels else None
+    findings = read_findings(options.findings) if options.findings else {}
     if store.manifest is None:
         store.manifest = Manifest(encoder=described, group_column=options.group)
+        _choose_views(store.manifest, options, findings)
     else:
+        _check_views(store.manifest, options, store.db_dir)
         store.manifest.check_encoder(described, store.db_dir)
         if store.manifest.group_column != options.group:
             raise PriorcaseError(
                 f"index {store.db_dir} groups by {store.manifest.group_column!r}; "
                 f"cannot ingest with --group {options.group!r}"
             )
-    labels = read_labels(options.labels) if options.labels else None
-    findings = read_findings(options.findings) if options.findings else {}
     if options.normal_rois and options.findings is None:
         # without findings every film would count as normal, abnormal ones included
         raise PriorcaseError(
@@ -169,8 +212,13 @@ def ingest(
     tasks = _plan(store, files, labels, findings, options, report)
     pseudonymize = Pseudonymizer.for_index(store.db_dir)
     _register_columns(store.manifest, labels, findings, options)
+    views = _Views(
+        BreastConfig.from_dict(store.manifest.breast),
+        TileConfig.from_dict(store.manifest.tiles),
+        options.findings is not None,
+    )
     if tasks:
-        _embed_and_store(store, encoder, tasks, pseudonymize, options, report)
+        _embed_and_store(store, encoder, tasks, pseudonymize, options, report, views)
     store.manifest.save(store.db_dir)
     unlabelled = sum(1 for t in tasks if labels is not None and not any(t.labels.values()))
     if unlabelled:
@@ -255,10 +303,11 @@ def _embed_and_store(
     pseudonymize: Pseudonymizer,
     options: IngestOptions,
     report: IngestReport,
+    views: _Views,
 ) -> None:
     workers = options.workers if options.workers is not None else default_workers()
     loader = DataLoader(
-        _FileDataset(tasks, encoder.preprocess_cfg, pseudonymize),
+        _FileDataset(tasks, encoder.preprocess_cfg, pseudonymize, views),
         batch_size=options.batch_size,
         num_workers=workers,
         collate_fn=list,
@@ -282,6 +331,7 @@ def _embed_and_store(
             store.add(records)
             report.stored_images += sum(1 for r in records if r.kind == "image")
             report.stored_rois += sum(1 for r in records if r.kind == "roi")
+            report.stored_tiles += sum(1 for r in records if r.kind == TILE_KIND)
             no_room += [
                 item["task"].path.name
                 for item in good
@@ -315,6 +365,7 @@ def _records(
 ) -> list[CaseRecord]:
     tensors = [item["tensor"] for item in items]
     tensors += [roi["tensor"] for item in items for roi in item["rois"]]
+    tensors += [tile["tensor"] for item in items for tile in item["tiles"]]
     if not tensors:
         return []
     vectors = np.concatenate(
@@ -324,7 +375,9 @@ def _records(
         ]
     )
     records: list[CaseRecord] = []
-    roi_vectors = iter(vectors[len(items) :])
+    roi_vectors = iter(vectors[len(items) :])  # ROIs, then tiles, in item order
+    n_rois = sum(len(item["rois"]) for item in items)
+    tile_vectors = iter(vectors[len(items) + n_rois :])
     for item, vector in zip(items, vectors[: len(items)], strict=True):
         task: _Task = item["task"]
         patient = pseudonymize(task.patient_key) if task.patient_key else item["patient"]
@@ -363,7 +416,52 @@ def _records(
                     thumbnail=roi["thumbnail"],
                     parent_id=task.image_id,
                     roi=roi["roi"],
+                    box=roi["box"],
+                    **common,
+                )
+            )
+        for n, tile in enumerate(item["tiles"], start=1):
+            box = tile["tile"].box
+            records.append(
+                CaseRecord(
+                    id=f"{task.image_id}-tile{n}",
+                    kind=TILE_KIND,
+                    vector=next(tile_vectors),
+                    key=f"{task.content_hash}:tile:{','.join(map(str, box))}",
+                    labels=tile["tile"].labels,
+                    parent_id=task.image_id,
+                    box=box,
                     **common,
                 )
             )
     return records
+
+
+def _choose_views(manifest: Manifest, options: IngestOptions, findings: dict) -> None:
+    """A new index: breast preprocessing and tiles, from --modality and the findings."""
+    mammography = (options.modality or "").upper() == MAMMOGRAPHY
+    policy = "on" if mammography else "auto"
+    manifest.breast = BreastConfig(policy=policy, clahe=options.clahe).to_dict()
+    sizes = options.tile_sizes
+    if sizes is None and mammography:
+        sizes = sizes_from_radii([f.radius for rows in findings.values() for f in rows if f.radius])
+    if sizes:
+        manifest.tiles = TileConfig(sizes=tuple(sizes), overlap=options.tile_overlap).to_dict()
+
+
+def _check_views(manifest: Manifest, options: IngestOptions, db_dir: Path) -> None:
+    """An existing index keeps its preprocessing: a different request is refused."""
+    breast = BreastConfig.from_dict(manifest.breast)
+    if options.modality and (options.modality.upper() == MAMMOGRAPHY) != (breast.policy == "on"):
+        raise PriorcaseError(
+            f"index {db_dir} was built with breast preprocessing {breast.policy!r}; "
+            f"cannot add images with --modality {options.modality}: use another --db"
+        )
+    tiles = TileConfig.from_dict(manifest.tiles)
+    if options.tile_sizes is not None and tuple(options.tile_sizes) != (
+        tiles.sizes if tiles else ()
+    ):
+        raise PriorcaseError(
+            f"index {db_dir} has tile sizes {list(tiles.sizes) if tiles else 'none'}; "
+            f"cannot add images with --tile-sizes {list(options.tile_sizes)}: use another --db"
+        )

@@ -12,7 +12,7 @@ from priorcase.index.store import CaseStore, Snapshot
 from priorcase.index.vector_index import VectorIndex
 from priorcase.records import SearchHit
 
-KINDS = ("image", "roi")
+KINDS = ("image", "roi", "tile")
 
 
 class Searcher:
@@ -73,7 +73,7 @@ class Searcher:
         vectors are mapped into it before comparing.
         """
         if kind is not None and kind not in KINDS:
-            raise QueryError(f"unknown kind {kind!r}: use image or roi")
+            raise QueryError(f"unknown kind {kind!r}: use image, roi or tile")
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
         snapshot = self.store.snapshot(kind)
@@ -86,6 +86,10 @@ class Searcher:
                 f"index has {index.vectors.shape[1]}"
             )
         mask = self.allowed_mask(snapshot, where, exclude_group, exclude_ids)
+        if kind is None and (snapshot.kinds == "tile").any():
+            # tiles answer region queries; a query of any kind gets films and ROIs
+            keep = snapshot.kinds != "tile"
+            mask = keep if mask is None else mask & keep
         found = index.search(vector, k, allowed=mask)
         positions = [int(p) for p in found.positions[0] if p >= 0]
         ids = [str(snapshot.ids[p]) for p in positions]
