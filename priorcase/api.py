@@ -11,12 +11,19 @@ from priorcase.classifiers.alignment import ContrastiveAligner
 from priorcase.classifiers.joint_space import ClipSpace, JointSpace
 from priorcase.classifiers.reports import report_from_labels
 from priorcase.encoders import Encoder, create_default_encoder, create_encoder
-from priorcase.errors import EncoderMismatchError, QueryError
+from priorcase.errors import EncoderMismatchError, PriorcaseError, QueryError
+from priorcase.evaluation.binarize import binary_label_names
 from priorcase.index.store import CaseStore
 from priorcase.ingest.pipeline import ROI_TYPE, IngestOptions, ingest
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, read_image
-from priorcase.library import DEFAULT_KNN, Classification, KnnOptions, LibraryClassifiers
+from priorcase.library import (
+    DEFAULT_KNN,
+    Classification,
+    KnnOptions,
+    LibraryClassifiers,
+    MethodPrediction,
+)
 from priorcase.records import IngestReport, LoadedImage, SearchHit
 from priorcase.retrieval.regions import (
     TileBank,
@@ -198,13 +205,40 @@ class PriorCase:
         patient's) out of the kNN vote.
         """
         group = None
+        loaded = None
         if isinstance(image, np.ndarray) and image.ndim == 1:
             vector = image
         else:
             loaded = image if isinstance(image, LoadedImage) else self.read(image)  # type: ignore[arg-type]
             vector = self.embed(loaded)
             group = self.query_group(loaded) if exclude_same_patient else None
-        return self.classifiers.classify(vector, label, tuple(methods), kind, knn, group)
+        others = tuple(m for m in methods if m != "tiles")
+        result = self.classifiers.classify(vector, label, others, kind, knn, group)
+        if "tiles" in methods:
+            result.predictions.insert(list(methods).index("tiles"), self._tiles_say(loaded, label))
+        return result
+
+    def _tiles_say(self, image: LoadedImage | None, label: str) -> MethodPrediction:
+        """The tile head's answer for a film, with the tile that drove it."""
+        prediction = MethodPrediction("tiles")
+        try:
+            if image is None:
+                raise QueryError("tiles needs the image, not a vector")
+            model, data = self.classifiers.fitted("tiles", label)
+            boxes, vectors = query_tiles(self, image)
+            if not len(vectors):
+                raise QueryError("the index has no tiles (ingest with --modality MG)")
+            p, best = model.score_tiles(vectors)
+            negative, positive = binary_label_names(data.positive)
+            prediction.probabilities = {positive: p, negative: 1 - p}
+            x0, y0, x1, y1 = (int(v) for v in boxes[best])
+            prediction.explanation = (
+                f"max-lesion tile at {x0},{y0},{x1},{y1} (tile head on {len(data.y)} films)"
+            )
+            prediction.box = (x0, y0, x1, y1)
+        except (PriorcaseError, ValueError) as err:
+            prediction.error = str(err).splitlines()[0]
+        return prediction
 
     # ------------------------------------------------------------------ text space
     def joint_space(self) -> JointSpace:

@@ -142,6 +142,7 @@ class MethodPrediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     explanation: str = ""
     error: str | None = None
+    box: tuple[int, int, int, int] | None = None  # tiles: the tile that drove the score
 
 
 @dataclass
@@ -161,6 +162,7 @@ class Classification:
                     "probabilities": p.probabilities,
                     "explanation": p.explanation,
                     "error": p.error,
+                    **({"box": list(p.box)} if p.box else {}),
                 }
                 for p in self.predictions
             ],
@@ -193,6 +195,18 @@ def _explain(
     return line
 
 
+def _fit_tiles(pc: PriorCase, label: str) -> tuple[Any, LabelledSet]:
+    """The tile head for ``label``, its positive class = the values of films with findings."""
+    from priorcase.classifiers.tiles import TileData, TileMILClassifier, positive_values
+
+    tiles = TileData.from_library(pc)
+    positive = positive_values(pc.store.column_values(label, "image"), tiles)
+    data = labelled_set(pc, label, "image", positive=positive)
+    keep = np.array([i in tiles.tiles for i in data.ids])
+    data = data.subset(np.flatnonzero(keep))
+    return TileMILClassifier(tiles).fit(data.ids, data.y, groups=data.groups), data
+
+
 class LibraryClassifiers:
     """Classifiers fitted on every labelled case of an index, cached per table version.
 
@@ -210,6 +224,9 @@ class LibraryClassifiers:
         version = self.pc.store.version
         key = (version, method, label, kind, knn if method == "knn" else None)
         if key in self._cache:
+            return self._cache[key]
+        if method == "tiles":
+            self._cache[key] = _fit_tiles(self.pc, label)
             return self._cache[key]
         data = labelled_set(self.pc, label, kind)
         model = self._load(method, label, kind, version) if method in PERSISTED else None
