@@ -112,7 +112,7 @@ def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer, views: _Views) -
     pixels = image.pixels
     height, width = pixels.shape[:2]
     metadata = {**image.metadata, "width": str(width), "height": str(height)}
-    view = prepare(pixels, views.breast, image.metadata)
+    view = prepare(pixels, views.breast, image.metadata, need_mask=views.tiles is not None)
     if views.breast.applies(image.metadata):
         metadata |= view.describe()
     rois = []

@@ -28,11 +28,11 @@ def parse_box(text: str) -> Box:
     return x0, y0, x1, y1
 
 
-def query_view(store: CaseStore, image: LoadedImage) -> BreastView:
+def query_view(store: CaseStore, image: LoadedImage, need_mask: bool = False) -> BreastView:
     """The query as the index's films were embedded (same breast crop, flip and CLAHE)."""
     manifest = store.manifest
     cfg = BreastConfig.from_dict(manifest.breast if manifest else None)
-    return prepare(image.pixels, cfg, image.metadata)
+    return prepare(image.pixels, cfg, image.metadata, need_mask)
 
 
 def box_pixels(view: BreastView, box: Box, path: object = "query") -> np.ndarray:
@@ -94,7 +94,7 @@ def query_tiles(pc: PriorCase, image: LoadedImage) -> tuple[np.ndarray, np.ndarr
     cfg = TileConfig.from_dict(manifest.tiles if manifest else None)
     if cfg is None:
         return np.zeros((0, 4), int), np.zeros((0, pc.encoder.dim), np.float32)
-    view = query_view(pc.store, image)
+    view = query_view(pc.store, image, need_mask=True)
     boxes = tile_boxes(view, cfg)
     vectors = pc.encoder.embed_pixels([view.crop(b) for b in boxes])
     return np.array([view.to_source(b) for b in boxes], int).reshape(-1, 4), vectors
