@@ -46,7 +46,7 @@ def test_draw_a_box_and_search_the_region(page, mg_server):  # noqa: F811
         canvas.click(position={"x": frame["width"] * x / 1024, "y": frame["height"] * y / 1024})
         page.locator("#region-box").get_by_text(answer).wait_for()
     drawn = [int(v) for v in re.findall(r"\d+", page.locator("#region-box").inner_text())[:4]]
-    assert drawn[0] < drawn[2] and drawn[1] < drawn[3], drawn
+    assert all(abs(a - b) <= 12 for a, b in zip(drawn, BOX, strict=True)), drawn  # 432,652,..
     page.locator("#region-search").click()
     _wait_status(page, "nearest regions to box")
     page.wait_for_function(
