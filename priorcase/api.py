@@ -12,14 +12,28 @@ from priorcase.classifiers.alignment import ContrastiveAligner
 from priorcase.classifiers.joint_space import ClipSpace, JointSpace
 from priorcase.classifiers.reports import report_from_labels
 from priorcase.encoders import Encoder, create_default_encoder, create_encoder
-from priorcase.errors import EncoderMismatchError, QueryError
+from priorcase.errors import EncoderMismatchError, PriorcaseError, QueryError
+from priorcase.evaluation.binarize import binary_label_names
 from priorcase.index.artifacts import content_digest, load_or_build
 from priorcase.index.store import CaseStore
 from priorcase.ingest.pipeline import ROI_TYPE, IngestOptions, ingest
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, read_image
-from priorcase.library import DEFAULT_KNN, Classification, KnnOptions, LibraryClassifiers
+from priorcase.library import (
+    DEFAULT_KNN,
+    Classification,
+    KnnOptions,
+    LibraryClassifiers,
+    MethodPrediction,
+)
 from priorcase.records import IngestReport, LoadedImage, SearchHit
+from priorcase.retrieval.regions import (
+    TileBank,
+    add_matches,
+    box_pixels,
+    query_tiles,
+    query_view,
+)
 from priorcase.retrieval.search import Searcher, check_k, check_text
 
 ALIGNER_PREFIX = "text-aligner-"
@@ -50,6 +64,7 @@ class PriorCase:
         self._space: tuple[tuple[int, str], JointSpace] | None = None
         self._space_lock = threading.Lock()
         self._classifiers: LibraryClassifiers | None = None
+        self._tiles: tuple[int, TileBank] | None = None
         manifest = self.store.manifest
         if manifest is not None and isinstance(encoder, str) and encoder != manifest.encoder_spec:
             raise EncoderMismatchError(
@@ -119,8 +134,15 @@ class PriorCase:
         return read_image(Path(path), self._pseudonymizer())
 
     def embed(self, image: LoadedImage) -> np.ndarray:
-        """The image-space vector of a decoded image."""
-        return self.encoder.embed_pixels([image.pixels])[0]
+        """The image-space vector of a decoded image, preprocessed as the index's films were."""
+        return self.encoder.embed_pixels([query_view(self.store, image).pixels])[0]
+
+    def tiles(self) -> TileBank:
+        """The stored tiles (cached per table version)."""
+        version = self.store.version
+        if self._tiles is None or self._tiles[0] != version:
+            self._tiles = (version, TileBank.load(self.store))
+        return self._tiles[1]
 
     def search(
         self,
@@ -131,10 +153,21 @@ class PriorCase:
         where: str | None = None,
         exclude_same_patient: bool = False,
         kind: str | None = None,
+        box: tuple[int, int, int, int] | None = None,
+        match: bool = True,
     ) -> list[SearchHit]:
-        """The k most similar cases to an image file, a text or a stored case id."""
+        """The k most similar cases to an image file, a text or a stored case id.
+
+        ``box`` (x0, y0, x1, y1, source pixels of ``image``) searches with that region, among
+        ROIs (or tiles where the index has no ROIs) unless ``kind`` says otherwise. ``match``
+        adds, to each film hit of an index with tiles, its best-matching pair of tiles.
+        """
         if sum(q is not None for q in (image, text, id)) != 1:
             raise QueryError("give exactly one of image, text or id")
+        if box is not None:
+            if image is None:
+                raise QueryError("a box query needs an image")
+            return self._search_box(image, box, k, where, exclude_same_patient, kind)
         exclude_group: str | None = None
         exclude_ids: set[str] = set()
         k = check_k(k)
@@ -155,7 +188,31 @@ class PriorCase:
             vector = self.embed(loaded)
             if exclude_same_patient:
                 exclude_group = self.query_group(loaded)
-        return self.searcher.search(vector, k, kind, where, exclude_group, exclude_ids)
+        hits = self.searcher.search(vector, k, kind, where, exclude_group, exclude_ids)
+        if match and kind in (None, "image") and len(self.tiles()):
+            bank = self.tiles()
+            if id is not None:
+                mine = bank.of(id)
+                add_matches(hits, bank, bank.boxes[mine], bank.vectors[mine])
+            else:
+                add_matches(hits, bank, *query_tiles(self, loaded))
+        return hits
+
+    def _search_box(
+        self,
+        image: str | Path | LoadedImage,
+        box: tuple[int, int, int, int],
+        k: int,
+        where: str | None,
+        exclude_same_patient: bool,
+        kind: str | None,
+    ) -> list[SearchHit]:
+        loaded = image if isinstance(image, LoadedImage) else self.read(image)
+        crop = box_pixels(query_view(self.store, loaded), tuple(box), loaded.path)  # type: ignore[arg-type]
+        vector = self.encoder.embed_pixels([crop])[0]
+        kind = kind or ("roi" if self.store.count("roi") else "tile")
+        group = self.query_group(loaded) if exclude_same_patient else None
+        return self.searcher.search(vector, k, kind, where, group)
 
     def query_group(self, image: LoadedImage) -> str | None:
         """The query's group: that of its stored copy (same bytes), else its DICOM patient."""
@@ -188,6 +245,7 @@ class PriorCase:
         """
         group = None
         stored_id = None
+        loaded = None
         if isinstance(image, np.ndarray) and image.ndim == 1:
             vector = image
         else:
@@ -198,9 +256,35 @@ class PriorCase:
             if loaded.path.is_file():
                 stored = self.store.stored_copy(file_sha256(loaded.path))
                 stored_id = stored[0] if stored else None
-        return self.classifiers.classify(
-            vector, label, tuple(methods), kind, knn, group, query_id=stored_id
+        others = tuple(m for m in methods if m != "tiles")
+        result = self.classifiers.classify(
+            vector, label, others, kind, knn, group, query_id=stored_id
         )
+        if "tiles" in methods:
+            result.predictions.insert(list(methods).index("tiles"), self._tiles_say(loaded, label))
+        return result
+
+    def _tiles_say(self, image: LoadedImage | None, label: str) -> MethodPrediction:
+        """The tile head's answer for a film, with the tile that drove it."""
+        prediction = MethodPrediction("tiles")
+        try:
+            if image is None:
+                raise QueryError("tiles needs the image, not a vector")
+            model, data = self.classifiers.fitted("tiles", label)
+            boxes, vectors = query_tiles(self, image)
+            if not len(vectors):
+                raise QueryError("the index has no tiles (ingest with --modality MG)")
+            p, best = model.score_tiles(vectors)
+            negative, positive = binary_label_names(data.positive)
+            prediction.probabilities = {positive: p, negative: 1 - p}
+            x0, y0, x1, y1 = (int(v) for v in boxes[best])
+            prediction.explanation = (
+                f"max-lesion tile at {x0},{y0},{x1},{y1} (tile head on {len(data.y)} films)"
+            )
+            prediction.box = (x0, y0, x1, y1)
+        except (PriorcaseError, ValueError) as err:
+            prediction.error = str(err).splitlines()[0]
+        return prediction
 
     # ------------------------------------------------------------------ text space
     def joint_space(self) -> JointSpace:

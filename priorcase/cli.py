@@ -13,6 +13,7 @@ from pathlib import Path
 from priorcase.errors import PriorcaseError
 from priorcase.index.vector_index import BACKENDS
 from priorcase.records import SearchHit
+from priorcase.retrieval.regions import parse_box
 
 
 def _open(args: argparse.Namespace):
@@ -43,6 +44,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         identifier_columns=tuple(
             c.strip() for c in (args.identifier_columns or "").split(",") if c.strip()
         ),
+        modality=args.modality,
+        tile_sizes=args.tile_sizes,
+        tile_overlap=args.tile_overlap,
+        clahe=args.clahe,
     )
     print(report.summary())
     if report.stopped:
@@ -77,6 +82,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         where=args.where,
         exclude_same_patient=args.exclude_same_patient,
         kind=args.kind,
+        box=parse_box(args.box) if args.box else None,
     )
     if args.json:
         print(json.dumps({"encoder": pc.encoder.spec, "results": [h.to_json() for h in hits]}))
@@ -109,6 +115,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"encoder   {manifest.encoder_spec} (weights {manifest.encoder['weights_sha256'][:12]})")
     print(f"created   {manifest.created}, updated {manifest.updated}")
     print(f"rows      {pc.store.count('image')} images, {pc.store.count('roi')} ROIs")
+    if pc.store.count("tile"):
+        print(f"tiles     {pc.store.count('tile')} (sizes {manifest.tiles['sizes']} px)")
     for kind in ("image", "roi"):
         if not pc.store.count(kind):
             continue
@@ -140,6 +148,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         insecure_no_auth=args.insecure_no_auth,
     )
     return 0
+
+
+def add_region_arguments(p: argparse.ArgumentParser) -> None:
+    """Ingest options for mammography: breast crop/flip and tiles (fixed at first ingest)."""
+    from priorcase.ingest.tiles import parse_sizes
+
+    p.add_argument(
+        "--modality",
+        help="MG: a mammography collection (breast crop, flip and tiles for every image); "
+        "default: crop only DICOM files whose Modality is MG",
+    )
+    p.add_argument(
+        "--tile-sizes",
+        type=parse_sizes,
+        help="tile sides in pixels, e.g. 128,256, or 0 for none "
+        "(default with --modality MG: the 50th/90th percentile lesion crop of --findings)",
+    )
+    p.add_argument("--tile-overlap", type=float, default=0.5, help="overlap of adjacent tiles")
+    p.add_argument("--clahe", action="store_true", help="CLAHE on the breast before embedding")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(patient_name, birth_date, mrn, accession, ...)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_region_arguments(p)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("delete", help="erase cases, their ROIs and derived files")
@@ -206,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--where", help="LanceDB SQL filter, e.g. \"tissue = 'D'\"")
     p.add_argument("--exclude-same-patient", action="store_true")
-    p.add_argument("--kind", choices=["image", "roi"])
+    p.add_argument("--kind", choices=["image", "roi", "tile"])
+    p.add_argument("--box", help="x0,y0,x1,y1: search with this region of --image (pixels)")
     p.add_argument("--encoder", help="must match the index's encoder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)

@@ -24,7 +24,13 @@ def run_demo(
         folder = download_mias(Path(db).parent / "mias")
     print(f"MIAS data: {folder.root}")
     pc = priorcase.open(db, encoder=DEMO_ENCODER, device=device)
-    report = pc.ingest(folder.images, labels=folder.labels, findings=folder.findings, normal_rois=1)
+    report = pc.ingest(
+        folder.images,
+        labels=folder.labels,
+        findings=folder.findings,
+        normal_rois=1,
+        modality="MG",  # breast crop, flip and lesion-sized tiles
+    )
     print(report.summary())
     example = sorted(folder.images.glob("*"))[0]
     print(f"\nnearest cases to {example.name} (other patients only):")

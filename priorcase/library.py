@@ -151,6 +151,7 @@ class MethodPrediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     explanation: str = ""
     error: str | None = None
+    box: tuple[int, int, int, int] | None = None  # tiles: the tile that drove the score
 
 
 @dataclass
@@ -172,6 +173,7 @@ class Classification:
                     "probabilities": p.probabilities,
                     "explanation": p.explanation,
                     "error": p.error,
+                    **({"box": list(p.box)} if p.box else {}),
                 }
                 for p in self.predictions
             ],
@@ -204,6 +206,18 @@ def _explain(
     return line
 
 
+def _fit_tiles(pc: PriorCase, label: str) -> tuple[Any, LabelledSet]:
+    """The tile head for ``label``, its positive class = the values of films with findings."""
+    from priorcase.classifiers.tiles import TileData, TileMILClassifier, positive_values
+
+    tiles = TileData.from_library(pc)
+    positive = positive_values(pc.store.column_values(label, "image"), tiles)
+    data = labelled_set(pc, label, "image", positive=positive)
+    keep = np.array([i in tiles.tiles for i in data.ids])
+    data = data.subset(np.flatnonzero(keep))
+    return TileMILClassifier(tiles).fit(data.ids, data.y, groups=data.groups), data
+
+
 class LibraryClassifiers:
     """Classifiers fitted on every labelled case of an index, cached per table version.
 
@@ -223,6 +237,8 @@ class LibraryClassifiers:
         key += (knn if method in ("knn", "ensemble") else None,)
 
         def fit() -> tuple[Any, LabelledSet]:
+            if method == "tiles":
+                return _fit_tiles(self.pc, label)
             data = labelled_set(self.pc, label, kind)
             if method in PERSISTED:
                 return self._load_or_fit(method, kind, data, knn), data

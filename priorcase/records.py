@@ -50,6 +50,7 @@ class CaseRecord:
     thumbnail: bytes = b""  # JPEG
     parent_id: str | None = None
     roi: tuple[int, int, int] | None = None  # x, y, radius on the parent, pixels
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 embedded, source pixels
 
 
 @dataclass
@@ -65,6 +66,8 @@ class SearchHit:
     group: str | None = None
     parent_id: str | None = None
     roi: tuple[int, int, int] | None = None
+    box: tuple[int, int, int, int] | None = None  # region rows: x0, y0, x1, y1 on the parent
+    match: dict | None = None  # where it matched: best (query box, hit box) pair
     thumbnail: bytes = field(default=b"", repr=False)
 
     def to_json(self) -> dict:
@@ -81,6 +84,10 @@ class SearchHit:
             out["parent_id"] = self.parent_id
         if self.roi is not None:
             out["roi"] = {"x": self.roi[0], "y": self.roi[1], "radius": self.roi[2]}
+        if self.box is not None:
+            out["box"] = list(self.box)
+        if self.match is not None:
+            out["match"] = self.match
         return out
 
 
@@ -91,6 +98,7 @@ class IngestReport:
     stored_images: int = 0
     stored_rois: int = 0
     updated: int = 0  # stored images whose labels or findings were corrected
+    stored_tiles: int = 0
     duplicates: int = 0
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -100,12 +108,13 @@ class IngestReport:
 
     @property
     def stored(self) -> int:
-        return self.stored_images + self.stored_rois
+        return self.stored_images + self.stored_rois + self.stored_tiles
 
     def summary(self) -> str:
         lines = [
             f"stored {self.stored_images} images and {self.stored_rois} ROIs, "
             + (f"updated {self.updated}, " if self.updated else "")
+            + (f"{self.stored_tiles} tiles, " if self.stored_tiles else "")
             + f"skipped {self.duplicates} duplicates, {len(self.failures)} failed "
             f"(encoder {self.encoder}, {self.seconds:.1f} s)"
         ]

@@ -11,6 +11,7 @@ import numpy as np
 from priorcase.classifiers import METHODS
 from priorcase.classifiers.alignment import ContrastiveAligner
 from priorcase.classifiers.joint_space import JointSpace
+from priorcase.classifiers.tiles import TileData, TileMILClassifier
 from priorcase.errors import PriorcaseError, QueryError
 from priorcase.evaluation.binarize import binarize_labels
 from priorcase.evaluation.metrics import (
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from priorcase.api import PriorCase
 
 SPACE_METHODS = (*TEXT_METHODS, "ensemble")
+TILES = "tiles"  # film scores pooled from tiles (priorcase.classifiers.tiles); X = film ids
 
 
 @dataclass
@@ -78,9 +80,11 @@ def resolve_methods(method: str) -> list[str]:
     if method == "all":
         return list(METHODS)
     chosen = [m.strip() for m in method.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in METHODS]
+    unknown = [m for m in chosen if m not in (*METHODS, TILES)]
     if unknown:
-        raise QueryError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}, all")
+        raise QueryError(
+            f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}, {TILES}, all"
+        )
     return chosen
 
 
@@ -170,15 +174,17 @@ def cross_validate(
     retrieval = retrieval_metrics(data.X, data.y, data.groups, exclude_same_group=True)
     evaluation = _new_evaluation(pc, data, "cv", kind, where, n_splits=len(folds))
     subgroups = _subgroup_values(pc, data, by or [], kind)
+    tile_data = _tile_data(pc, kind) if TILES in methods else None
     for method in methods:
 
         def make(train_idx: np.ndarray, method: str = method) -> Any:
+            if method == TILES:
+                return TileMILClassifier(tile_data)
             space = spaces.for_rows(train_idx) if method in SPACE_METHODS else None
             return build_classifier(method, data, space, knn)
 
-        proba, classes = cross_val_proba(
-            make, data.X, data.y, data.groups, folds, progress=progress
-        )
+        X = data.ids if method == TILES else data.X
+        proba, classes = cross_val_proba(make, X, data.y, data.groups, folds, progress=progress)
         result = evaluate_probabilities(
             data.y,
             proba,
@@ -210,6 +216,8 @@ def holdout(
     from priorcase.ingest.labels import read_labels
     from priorcase.ingest.readers import iter_image_files
 
+    if TILES in methods:
+        raise QueryError("--method tiles is evaluated by cross-validation (drop --queries)")
     library = labelled_set(pc, label, kind, where, positive)
     table = read_labels(labels_csv)
     if label not in table.columns:
@@ -254,6 +262,12 @@ def holdout(
         evaluation.results.append(result)
         _extras(evaluation, method, test, proba, classes, {})
     return evaluation
+
+
+def _tile_data(pc: PriorCase, kind: str) -> TileData:
+    if kind != "image":
+        raise QueryError("--method tiles scores whole films: use --kind image")
+    return TileData.from_library(pc)
 
 
 def _holdout_retrieval(library: LabelledSet, test: LabelledSet, ks=(1, 5, 10)) -> RetrievalMetrics:

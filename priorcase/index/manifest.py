@@ -32,6 +32,10 @@ class Manifest:
     format: int = FORMAT_VERSION
     # HMAC of a fixed text under the pseudonym salt (Pseudonymizer.fingerprint), never the salt
     salt_fingerprint: str | None = None
+    # how images are preprocessed before embedding (priorcase.ingest.breast.BreastConfig);
+    # None: an index from before breast preprocessing, whose images are embedded as read
+    breast: dict | None = None
+    tiles: dict | None = None  # priorcase.ingest.tiles.TileConfig; None: no tile rows
 
     @property
     def encoder_spec(self) -> str:

@@ -45,8 +45,13 @@ FIXED_COLUMNS = (
     "roi_x",
     "roi_y",
     "roi_radius",
+    "box_x0",
+    "box_y0",
+    "box_x1",
+    "box_y1",
     "thumbnail",
 )
+BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
 
 
 @dataclass
@@ -183,7 +188,7 @@ class CaseStore:
                     table = self._reopen()  # another process created it first: merge into it
             missing = [f for f in data.schema.names if f not in table.schema.names]
             if missing:
-                table.add_columns({name: "cast(NULL as string)" for name in missing})
+                table.add_columns({name: _null_of(name) for name in missing})
             merge = table.merge_insert("id")
             if update:
                 same_bytes = "target.content_hash = source.content_hash"
@@ -406,6 +411,9 @@ class CaseStore:
         roi = None
         if row.get("roi_x") is not None:
             roi = (int(row["roi_x"]), int(row["roi_y"]), int(row["roi_radius"]))
+        box = None
+        if row.get("box_x0") is not None:
+            box = tuple(int(row[c]) for c in BOX_COLUMNS)
         return SearchHit(
             id=row["id"],
             score=float(score),
@@ -416,6 +424,7 @@ class CaseStore:
             group=row.get("group"),
             parent_id=row.get("parent_id"),
             roi=roi,
+            box=box,  # type: ignore[arg-type]
             thumbnail=row.get("thumbnail") or b"",
         )
 
@@ -469,6 +478,10 @@ def _to_arrow(records: list[CaseRecord], columns: list[str], dim: int) -> pa.Tab
         "roi_x": pa.array([r.roi[0] if r.roi else None for r in records], pa.int32()),
         "roi_y": pa.array([r.roi[1] if r.roi else None for r in records], pa.int32()),
         "roi_radius": pa.array([r.roi[2] if r.roi else None for r in records], pa.int32()),
+        **{
+            name: pa.array([r.box[n] if r.box else None for r in records], pa.int32())
+            for n, name in enumerate(BOX_COLUMNS)
+        },
         "thumbnail": pa.array([r.thumbnail for r in records], pa.binary()),
     }
     for column in columns:
@@ -496,6 +509,11 @@ def _io_problem(err: BaseException) -> str | None:
         return err.strerror
     text = str(err)
     return next((p for p in _IO_PROBLEMS if p.lower() in text.lower()), None)
+
+
+def _null_of(name: str) -> str:
+    """The SQL of an empty new column: box corners are integers, every other column text."""
+    return "cast(NULL as int)" if name in BOX_COLUMNS else "cast(NULL as string)"
 
 
 def _conform(data: pa.Table, table: lancedb.table.Table) -> pa.Table:

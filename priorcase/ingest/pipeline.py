@@ -22,6 +22,7 @@ from priorcase.encoders.preprocess import PreprocessConfig, preprocess_pixels
 from priorcase.errors import ImageReadError, LabelsError, PriorcaseError, StorageError
 from priorcase.index.manifest import Manifest
 from priorcase.index.store import CaseStore, StoredRow, sql_quote
+from priorcase.ingest.breast import MAMMOGRAPHY, BreastConfig, BreastView, prepare
 from priorcase.ingest.columns import MAX_COLUMNS, check_names
 from priorcase.ingest.labels import PATIENT_COLUMN, LabelTable, read_findings, read_labels
 from priorcase.ingest.pseudonym import Pseudonymizer
@@ -32,8 +33,9 @@ from priorcase.ingest.readers import (
     iter_image_files,
     read_image,
 )
-from priorcase.ingest.roi import crop_roi, sample_normal_rois
+from priorcase.ingest.roi import crop_box, sample_normal_rois
 from priorcase.ingest.thumbnails import make_thumbnail
+from priorcase.ingest.tiles import TILE_KIND, TileConfig, film_tiles, sizes_from_radii
 from priorcase.records import CaseRecord, Finding, IngestReport
 
 ROI_TYPE = "roi_type"  # label set on every ROI row: "lesion" or "normal"
@@ -58,6 +60,12 @@ class IngestOptions:
     progress: bool = True
     # extra column names never stored (besides IDENTIFIER_WORDS, see ingest.columns)
     identifier_columns: tuple[str, ...] = ()
+    # "MG": a mammography collection: breast crop/flip and tiles for every image (default:
+    # only DICOM files whose Modality is MG are cropped, and no tiles). Fixed at first ingest.
+    modality: str | None = None
+    tile_sizes: tuple[int, ...] | None = None  # None: from the findings' radii (MG); (): none
+    tile_overlap: float = 0.5
+    clahe: bool = False
 
 
 @dataclass
@@ -73,13 +81,29 @@ class _Task:
     update: bool = False  # stored with the same bytes, findings changed: replace its rows
 
 
+@dataclass(frozen=True)
+class _Views:
+    """The index's breast preprocessing and tiling, and whether findings label the films."""
+
+    breast: BreastConfig
+    tiles: TileConfig | None
+    findings_known: bool
+
+
 class _FileDataset(Dataset):
     """Decodes and preprocesses one file per item; errors come back as values, not raises."""
 
-    def __init__(self, tasks: list[_Task], cfg: PreprocessConfig, pseudonymize: Pseudonymizer):
+    def __init__(
+        self,
+        tasks: list[_Task],
+        cfg: PreprocessConfig,
+        pseudonymize: Pseudonymizer,
+        views: _Views,
+    ):
         self.tasks = tasks
         self.preprocess = partial(preprocess_pixels, cfg=cfg)
         self.pseudonymize = pseudonymize
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -87,18 +111,21 @@ class _FileDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         task = self.tasks[index]
         try:
-            return _load(task, self.preprocess, self.pseudonymize)
+            return _load(task, self.preprocess, self.pseudonymize, self.views)
         except ImageReadError as err:
             return {"task": task, "error": str(err)}
         except Exception as err:  # one bad file must never stop the batch
             return {"task": task, "error": f"{task.path}: {type(err).__name__}: {err}"}
 
 
-def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer) -> dict:
+def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer, views: _Views) -> dict:
     image = read_image(task.path, pseudonymize)
     pixels = image.pixels
     height, width = pixels.shape[:2]
     metadata = {**image.metadata, "width": str(width), "height": str(height)}
+    view = prepare(pixels, views.breast, image.metadata, need_mask=views.tiles is not None)
+    if views.breast.applies(image.metadata):
+        metadata |= view.describe()
     rois = []
     for finding in task.findings:
         if None in (finding.x, finding.y, finding.radius):
@@ -112,23 +139,37 @@ def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer) -> dict:
             rois.append((geometry, {ROI_TYPE: "normal"}))
     roi_items = []
     for geometry, labels in rois:
-        crop = crop_roi(pixels, *geometry)
+        crop, box = _view_crop(view, crop_box(width, height, *geometry))
         roi_items.append(
             {
                 "roi": geometry,
+                "box": box,
                 "labels": labels,
                 "tensor": preprocess(crop),
                 "thumbnail": make_thumbnail(crop, 128),
             }
         )
+    tiles = (
+        film_tiles(view, views.tiles, task.findings, views.findings_known) if views.tiles else []
+    )
     return {
         "task": task,
-        "tensor": preprocess(pixels),
+        "tensor": preprocess(view.pixels),
         "thumbnail": make_thumbnail(pixels),
         "metadata": metadata,
         "patient": image.patient,
         "rois": roi_items,
+        # no thumbnails: the UI draws a tile's box on its parent film
+        "tiles": [{"tile": t, "tensor": preprocess(view.crop(t.view_box))} for t in tiles],
     }
+
+
+def _view_crop(view: BreastView, box: tuple[int, int, int, int]) -> tuple[np.ndarray, tuple]:
+    """The view's pixels of a source box, and that box as embedded (source pixels)."""
+    vbox = view.from_source(box)
+    if vbox[2] - vbox[0] < 1 or vbox[3] - vbox[1] < 1:  # outside the breast crop
+        return view.pixels[:1, :1], box
+    return view.crop(vbox), view.to_source(vbox)
 
 
 def _normal_rois(pixels, task: _Task) -> list[tuple[int, int, int]]:
@@ -175,7 +216,16 @@ def ingest(
             "--normal-rois needs --findings: normal ROIs are sampled on films "
             "that have no findings row"
         )
+    if store.manifest is None:
+        _choose_views(manifest, options, findings)
+    else:
+        _check_views(manifest, options, store.db_dir)
     _register_columns(manifest, labels, findings, options)
+    views = _Views(
+        BreastConfig.from_dict(manifest.breast),
+        TileConfig.from_dict(manifest.tiles),
+        options.findings is not None,
+    )
     sources = [Path(s) for s in sources]
     skipped: list[str] = []
     files = iter_image_files(sources, skipped, report.notes)
@@ -195,7 +245,7 @@ def ingest(
             report.updated += 1
             commits += 1
         if tasks:
-            commits += _embed_and_store(store, encoder, tasks, pseudonymize, options, report)
+            commits += _embed_and_store(store, encoder, tasks, pseudonymize, options, report, views)
         if store.maybe_optimize(commits):
             report.notes.append(f"compacted the table after {commits} commits")
     except StorageError as err:
@@ -367,11 +417,12 @@ def _embed_and_store(
     pseudonymize: Pseudonymizer,
     options: IngestOptions,
     report: IngestReport,
+    views: _Views,
 ) -> int:
     """Decode, embed and write the tasks batch by batch; returns the number of commits."""
     workers = options.workers if options.workers is not None else default_workers()
     loader = DataLoader(
-        _FileDataset(tasks, encoder.preprocess_cfg, pseudonymize),
+        _FileDataset(tasks, encoder.preprocess_cfg, pseudonymize, views),
         batch_size=options.batch_size,
         num_workers=workers,
         collate_fn=list,
@@ -453,13 +504,15 @@ def _write(
                 merged += 1
         report.updated += merged
         report.duplicates += max(0, len(batch) - inserted - updated - clashes - merged)
-    rois = [r for r in records if r.kind == "roi" and r.parent_id in ours]
+    rois = [r for r in records if r.kind in ("roi", TILE_KIND) and r.parent_id in ours]
     for update in (False, True):
         batch = [r for r in rois if tasks[r.parent_id].update == update]  # type: ignore[index]
         if batch:
             inserted, _ = store.add(batch, update=update)
             commits += 1
-            report.stored_rois += inserted
+            tiles = sum(1 for r in batch if r.kind == TILE_KIND)
+            report.stored_tiles += min(tiles, inserted)
+            report.stored_rois += max(0, inserted - tiles)
     corrected = [i for i in ours if tasks[i].update]
     if corrected:
         keep = ", ".join(sql_quote(r.id) for r in rois) or "''"
@@ -488,6 +541,7 @@ def _records(
 ) -> list[CaseRecord]:
     tensors = [item["tensor"] for item in items]
     tensors += [roi["tensor"] for item in items for roi in item["rois"]]
+    tensors += [tile["tensor"] for item in items for tile in item["tiles"]]
     if not tensors:
         return []
     vectors = np.concatenate(
@@ -497,7 +551,9 @@ def _records(
         ]
     )
     records: list[CaseRecord] = []
-    roi_vectors = iter(vectors[len(items) :])
+    roi_vectors = iter(vectors[len(items) :])  # ROIs, then tiles, in item order
+    n_rois = sum(len(item["rois"]) for item in items)
+    tile_vectors = iter(vectors[len(items) + n_rois :])
     for item, vector in zip(items, vectors[: len(items)], strict=True):
         task: _Task = item["task"]
         patient = pseudonymize(task.patient_key) if task.patient_key else item["patient"]
@@ -534,7 +590,52 @@ def _records(
                     thumbnail=roi["thumbnail"],
                     parent_id=task.image_id,
                     roi=roi["roi"],
+                    box=roi["box"],
+                    **common,
+                )
+            )
+        for n, tile in enumerate(item["tiles"], start=1):
+            box = tile["tile"].box
+            records.append(
+                CaseRecord(
+                    id=f"{task.image_id}-tile{n}",
+                    kind=TILE_KIND,
+                    vector=next(tile_vectors),
+                    key=f"{task.content_hash}:tile:{','.join(map(str, box))}",
+                    labels=tile["tile"].labels,
+                    parent_id=task.image_id,
+                    box=box,
                     **common,
                 )
             )
     return records
+
+
+def _choose_views(manifest: Manifest, options: IngestOptions, findings: dict) -> None:
+    """A new index: breast preprocessing and tiles, from --modality and the findings."""
+    mammography = (options.modality or "").upper() == MAMMOGRAPHY
+    policy = "on" if mammography else "auto"
+    manifest.breast = BreastConfig(policy=policy, clahe=options.clahe).to_dict()
+    sizes = options.tile_sizes
+    if sizes is None and mammography:
+        sizes = sizes_from_radii([f.radius for rows in findings.values() for f in rows if f.radius])
+    if sizes:
+        manifest.tiles = TileConfig(sizes=tuple(sizes), overlap=options.tile_overlap).to_dict()
+
+
+def _check_views(manifest: Manifest, options: IngestOptions, db_dir: Path) -> None:
+    """An existing index keeps its preprocessing: a different request is refused."""
+    breast = BreastConfig.from_dict(manifest.breast)
+    if options.modality and (options.modality.upper() == MAMMOGRAPHY) != (breast.policy == "on"):
+        raise PriorcaseError(
+            f"index {db_dir} was built with breast preprocessing {breast.policy!r}; "
+            f"cannot add images with --modality {options.modality}: use another --db"
+        )
+    tiles = TileConfig.from_dict(manifest.tiles)
+    if options.tile_sizes is not None and tuple(options.tile_sizes) != (
+        tiles.sizes if tiles else ()
+    ):
+        raise PriorcaseError(
+            f"index {db_dir} has tile sizes {list(tiles.sizes) if tiles else 'none'}; "
+            f"cannot add images with --tile-sizes {list(options.tile_sizes)}: use another --db"
+        )

@@ -13,7 +13,7 @@ from priorcase.index.store import CaseStore, Snapshot
 from priorcase.index.vector_index import VectorIndex
 from priorcase.records import SearchHit
 
-KINDS = ("image", "roi")
+KINDS = ("image", "roi", "tile")
 MAX_K = 10_000  # results per query: beyond this a "k" is a typo, and would allocate k columns
 MAX_TEXT_CHARS = 1_000  # CLIP reads 77 tokens; a longer "description" is a pasted document
 
@@ -119,7 +119,7 @@ class Searcher:
         vectors are mapped into it before comparing.
         """
         if kind is not None and kind not in KINDS:
-            raise QueryError(f"unknown kind {kind!r}: use image or roi")
+            raise QueryError(f"unknown kind {kind!r}: use image, roi or tile")
         k = check_k(k)
         snapshot = self.store.snapshot(kind)
         if len(snapshot.ids) == 0:
@@ -131,6 +131,10 @@ class Searcher:
                 f"index has {index.vectors.shape[1]}"
             )
         mask = self.allowed_mask(snapshot, where, exclude_group, exclude_ids)
+        if kind is None and (snapshot.kinds == "tile").any():
+            # tiles answer region queries; a query of any kind gets films and ROIs
+            keep = snapshot.kinds != "tile"
+            mask = keep if mask is None else mask & keep
         found = index.search(vector, k, allowed=mask)
         positions = [int(p) for p in found.positions[0] if p >= 0]
         ids = [str(snapshot.ids[p]) for p in positions]

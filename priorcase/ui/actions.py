@@ -16,6 +16,7 @@ from priorcase.errors import ImageReadError, QueryError
 from priorcase.index.store import field_name
 from priorcase.ingest.readers import SUPPORTED_SUFFIXES, file_sha256
 from priorcase.records import SearchHit
+from priorcase.retrieval.regions import query_view
 from priorcase.ui.classify_panel import ClassifyPanel
 from priorcase.ui.library_view import LibraryMap
 
@@ -95,7 +96,10 @@ class Actions:
         query = Query(
             name=name,
             vector=vector,
-            view=model_view(loaded.pixels, self.pc.encoder.preprocess_cfg),
+            # as preprocessed: breast crop and flip where the index does that
+            view=model_view(
+                query_view(self.pc.store, loaded).pixels, self.pc.encoder.preprocess_cfg
+            ),
             metadata=metadata,
             group=loaded.patient,
         )

@@ -33,6 +33,7 @@ from priorcase.ui.classify_panel import DEFAULT_METHODS, METHOD_TITLES
 from priorcase.ui.gallery import decode_thumbnail, detail_markdown, enlarge, gallery_items
 from priorcase.ui.library_view import label_counts, summary_markdown
 from priorcase.ui.overlays import draw_roi
+from priorcase.ui.region import RegionPanel, draw_box
 from priorcase.ui.security import (
     check_exposure,
     discard_upload,
@@ -192,12 +193,13 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                         elem_id="query-view",
                     )
                     meta = gr.Markdown("", elem_id="query-meta")
+                    region = RegionPanel()
                 with gr.Column(scale=2, min_width=480):
                     with gr.Accordion("Search options and filters", open=True):
                         with gr.Row():
                             k = gr.Slider(1, 50, value=10, step=1, label="cases to show (k)")
                             kind = gr.Radio(
-                                ["image", "roi", ALL_KINDS], value="image", label="kind"
+                                ["image", "roi", "tile", ALL_KINDS], value="image", label="kind"
                             )
                             exclude = gr.Checkbox(value=False, label="exclude same patient")
                         with gr.Row():
@@ -355,9 +357,13 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                 return None, gr.update(visible=False), ""
             hit = hits[index]
             image = enlarge(decode_thumbnail(hit.thumbnail))
-            parent = actions.parent_of(hit) if hit.roi else None
-            if parent is not None and hit.roi:
-                overlay = draw_roi(parent.thumbnail, hit.roi, parent.metadata)
+            parent = actions.parent_of(hit) if hit.roi or hit.box else None
+            if parent is not None and (hit.roi or hit.box):
+                overlay = (
+                    draw_box(parent.thumbnail, hit.box, parent.metadata)
+                    if hit.box
+                    else draw_roi(parent.thumbnail, hit.roi, parent.metadata)
+                )
                 return (
                     image,
                     gr.update(visible=True, value=overlay),
@@ -411,6 +417,19 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                 concurrency_limit=CONCURRENCY_LIMIT,
             ).then(mark("text"), None, last_search)
         rerun.click(on_rerun, [last_search, query_state, text, *controls], search_outputs)
+
+        def on_region(state, k_, kind_, exclude_):
+            try:
+                hits = region.search(pc, state, k_, kind_, exclude_)
+            except Exception as err:
+                return failed(_message(err))
+            box = ",".join(map(str, state.box()))
+            return results(hits, f"{len(hits)} nearest regions to box {box}, drawn on their films.")
+
+        region_outputs = [region.state, region.canvas, region.box_text]
+        upload.upload(lambda f: region.load(pc, f), upload, region_outputs)
+        region.canvas.select(region.on_click, region.state, region_outputs)
+        region.button.click(on_region, [region.state, k, kind, exclude], search_outputs)
         where.submit(on_rerun, [last_search, query_state, text, *controls], search_outputs)
         gallery.select(on_select, hits_state, [detail_image, parent_image, detail])
         classify_button.click(on_classify, classify_inputs, method_outputs)

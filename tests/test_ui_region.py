@@ -1,0 +1,59 @@
+"""Draw-a-box region search in headless Chromium, on a small mammography (MG) MIAS index."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from test_ui_browser import _launch, _shot, _wait_status, browser, page  # noqa: F401
+
+pytestmark = pytest.mark.browser
+
+FILMS = ("mdb001", "mdb002", "mdb003", "mdb004")
+QUERY = "mdb002"  # left breast, circumscribed mass centred at (522, 744), radius 69
+BOX = (432, 654, 612, 834)
+
+
+@pytest.fixture(scope="module")
+def mg_server(tmp_path_factory, mias, bundled):
+    import priorcase
+
+    files = [mias.images / f"{name}.png" for name in FILMS]
+    pc = priorcase.open(tmp_path_factory.mktemp("ui-region") / "db", encoder=bundled)
+    report = pc.ingest(
+        files, findings=mias.findings, modality="MG", progress=False, workers=0, normal_rois=1
+    )
+    assert report.stored_tiles > 0, report.summary()
+    demo, url = _launch(pc)
+    yield url, mias.images / f"{QUERY}.png"
+    demo.close()
+
+
+def test_draw_a_box_and_search_the_region(page, mg_server):  # noqa: F811
+    url, query = mg_server
+    page.goto(url)
+    page.locator("#query-upload input[type=file]").set_input_files(str(query))
+    _wait_status(page, "nearest cases to")
+    canvas = page.locator("#region-canvas img")
+    canvas.wait_for()
+    page.wait_for_function("document.querySelector('#region-canvas img').naturalWidth > 0")
+    page.wait_for_timeout(1000)  # let the layout settle (the query view lands above)
+    frame = canvas.bounding_box()
+    # the canvas shows the whole 1024 x 1024 film: click the box's corners at their fractions;
+    # each click waits for its answer (a click while one is pending is dropped)
+    answers = ("one more corner", "source pixels")
+    for (x, y), answer in zip((BOX[:2], BOX[2:]), answers, strict=True):
+        canvas.click(position={"x": frame["width"] * x / 1024, "y": frame["height"] * y / 1024})
+        page.locator("#region-box").get_by_text(answer).wait_for()
+    drawn = [int(v) for v in re.findall(r"\d+", page.locator("#region-box").inner_text())[:4]]
+    assert all(abs(a - b) <= 12 for a, b in zip(drawn, BOX, strict=True)), drawn  # 432,652,..
+    page.locator("#region-search").click()
+    _wait_status(page, "nearest regions to box")
+    page.wait_for_function(
+        "document.querySelectorAll('#results-gallery .caption-label').length > 0"
+    )
+    captions = page.locator("#results-gallery .caption-label").all_inner_texts()
+    assert all(re.search(r"-(roi|tile)\d", c) for c in captions), captions  # regions only
+    page.locator("#results-gallery .gallery-item").first.click()
+    page.locator("#parent-overlay img").wait_for()  # the hit's box on its parent film
+    _shot(page, "region-search")
