@@ -12,7 +12,7 @@ from pathlib import Path
 
 from priorcase.errors import PriorcaseError
 from priorcase.index.vector_index import BACKENDS
-from priorcase.records import SearchHit
+from priorcase.retrieval.hits_table import format_hits
 from priorcase.retrieval.regions import parse_box
 
 
@@ -89,21 +89,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print(format_hits(hits))
     return 0
-
-
-def format_hits(hits: Sequence[SearchHit]) -> str:
-    """A fixed-width table of search results for the terminal."""
-    if not hits:
-        return "no matching cases"
-    rows = [("#", "id", "score", "kind", "labels")]
-    for rank, hit in enumerate(hits, start=1):
-        labels = ", ".join(f"{k}={v}" for k, v in hit.labels.items() if v is not None)
-        rows.append((str(rank), hit.id, f"{hit.score:.4f}", hit.kind, labels))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
-        for row in rows
-    )
 
 
 def cmd_info(args: argparse.Namespace) -> int:

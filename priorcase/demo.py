@@ -17,7 +17,7 @@ def run_demo(
     device: str | None = None,
 ) -> int:
     import priorcase
-    from priorcase.cli import format_hits
+    from priorcase.retrieval.hits_table import format_hits
 
     folder = find_mias()
     if folder is None:

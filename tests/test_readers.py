@@ -23,7 +23,6 @@ from priorcase.ingest.readers import (
     file_sha256,
     iter_image_files,
     read_image,
-    to_rgb_pil,
 )
 
 PSEUDO = Pseudonymizer(b"test-salt")
@@ -84,14 +83,6 @@ def test_rgba_png_drops_alpha(tmp_path: Path) -> None:
     px = read_image(tmp_path / "f.png", PSEUDO).pixels
     assert px.shape == (8, 9, 3)
     assert np.all(px == 50)
-
-
-def test_to_rgb_pil_replicates_gray(tmp_path: Path) -> None:
-    Image.fromarray(_gradient()).save(tmp_path / "g.png")
-    pil = to_rgb_pil(read_image(tmp_path / "g.png", PSEUDO))
-    assert pil.mode == "RGB" and pil.size == (16, 12)
-    rgb = np.asarray(pil)
-    assert np.array_equal(rgb[..., 0], rgb[..., 2])
 
 
 # ---------------------------------------------------------------- DICOM

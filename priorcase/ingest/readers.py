@@ -246,21 +246,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def to_rgb_pil(image: LoadedImage) -> Image.Image:
-    """The pixels as an 8-bit RGB PIL image (grayscale replicated to 3 channels)."""
-    pixels = np.asarray(image.pixels)
-    if pixels.dtype != np.uint8:
-        pixels = _minmax_uint8(pixels) if pixels.ndim == 2 else np.clip(pixels, 0, 255)
-        pixels = pixels.astype(np.uint8)
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=2)
-    elif pixels.ndim == 3 and pixels.shape[2] == 1:
-        pixels = np.repeat(pixels, 3, axis=2)
-    elif pixels.ndim == 3 and pixels.shape[2] == 4:
-        pixels = pixels[..., :3]
-    return Image.fromarray(np.ascontiguousarray(pixels))
-
-
 def _first_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
