@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+
+def _command() -> str:
+    """The command line as typed, to record how a result was obtained."""
+    return shlex.join(["priorcase", *sys.argv[1:]])
 
 
 def _positive(value: str | None) -> tuple[str, ...]:
@@ -91,6 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         knn=_knn_options(args),
         n_boot=args.bootstrap,
         progress=not args.json,
+        alpha=args.alpha,
     )
     if args.queries:
         if args.labels is None:
@@ -98,6 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         evaluation = holdout(pc, args.queries, args.labels, **common)
     else:
         evaluation = cross_validate(pc, n_splits=args.cv, by=args.by, **common)
+    evaluation.meta["command"] = _command()
     if args.report:
         tables = {f"operating points: {m}": rows for m, rows in evaluation.thresholds.items()}
         tables |= {f"subgroups: {name}": rows for name, rows in evaluation.subgroups.items()}
@@ -116,9 +125,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"{args.label} ({evaluation.mode}, {evaluation.kind}, n={evaluation.n}, "
         f"classes {meta['class_counts']}, encoder {meta['encoder']})"
     )
+    print(
+        f"table version {meta['table_version']}, encoder weights "
+        f"{meta['encoder_weights_sha256'][:12]}, fold seed {meta['fold_seed']}, "
+        f"priorcase {meta['priorcase']}"
+    )
+    if meta.get("positive"):
+        print(f"positive class: {meta['positive']} ({meta['positive_chosen_by']})")
     print(format_table(evaluation.results))
+    print(
+        f"probabilities calibrated on training folds only (grouped); coverage and set size of "
+        f"conformal sets at alpha={meta['alpha']}"
+    )
     for method, rows in evaluation.thresholds.items():
-        print(f"\noperating points, {method} (positive = {rows[0]['positive']}):")
+        print(
+            f"\noperating points, {method} (positive = {rows[0]['positive']}; thresholds chosen "
+            "on each fold's training rows, scored on its held-out rows):"
+        )
         for r in rows:
             print(
                 f"  {r['target']:<14} threshold {r['threshold']:.3f}  sens {r['sensitivity']:.2f}"
@@ -162,7 +185,17 @@ def add_classify_commands(sub, with_db: Callable[[argparse.ArgumentParser], None
     p.add_argument("--method", default="all")
     p.add_argument("--kind", choices=["image", "roi"], default="image")
     p.add_argument("--where", help="only rows matching this SQL predicate")
-    p.add_argument("--positive", help="comma list of values that form the positive class")
+    p.add_argument(
+        "--positive",
+        help="comma list of values that form the positive class (binary labels otherwise take "
+        "the class not named like 'normal', and the output says so)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.1,
+        help="conformal sets miss the true class at most this often",
+    )
     p.add_argument("--cv", type=int, default=5, help="folds (grouped by the index's group key)")
     p.add_argument("--queries", type=Path, help="folder of query images (holdout mode)")
     p.add_argument("--labels", type=Path, help="labels CSV of the query images")

@@ -10,10 +10,12 @@ import joblib
 import numpy as np
 
 from priorcase.classifiers import make_classifier
+from priorcase.classifiers.calibration import GroupCalibrated
 from priorcase.classifiers.joint_space import JointSpace
 from priorcase.classifiers.prompts import MAMMOGRAPHY_TEMPLATES, class_prompts
 from priorcase.errors import EncoderMismatchError, PriorcaseError, QueryError
 from priorcase.evaluation.binarize import binarize_labels, binary_label_names
+from priorcase.evaluation.splits import content_group_keys
 from priorcase.records import SearchHit
 
 if TYPE_CHECKING:
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 # Text-free heads whose fitting is worth keeping on disk (grid search over C).
 PERSISTED = ("logreg", "svm")
 TEXT_METHODS = ("zeroshot", "similarity")
+DEFAULT_ALPHA = 0.1  # conformal prediction sets cover the true class 90% of the time
 
 
 @dataclass
@@ -35,6 +38,14 @@ class LabelledSet:
     groups: np.ndarray
     positive: tuple[str, ...] = ()
     original: np.ndarray | None = None  # y before --positive collapsed it
+    keys: np.ndarray | None = None  # content keys (file hash, ROI geometry): salt-free
+
+    @property
+    def fold_groups(self) -> np.ndarray:
+        """Salt-independent group names (digest of each group's content keys) for CV."""
+        if self.keys is None:
+            return self.groups
+        return content_group_keys(self.groups, self.keys)
 
     def subset(self, rows: np.ndarray) -> LabelledSet:
         original = None if self.original is None else self.original[rows]
@@ -46,7 +57,20 @@ class LabelledSet:
             self.groups[rows],
             self.positive,
             original,
+            None if self.keys is None else self.keys[rows],
         )
+
+
+def content_keys(pc: PriorCase, kind: str | None) -> dict[str, str]:
+    """id -> dedup key (the file's SHA-256, plus the geometry for an ROI), salt-independent."""
+    table = pc.store.table
+    if table is None:
+        return {}
+    query = table.search().select(["id", "key"])
+    if kind:
+        query = query.where(f"kind = '{kind}'")
+    arrow = query.limit(None).to_arrow()
+    return dict(zip(arrow.column("id").to_pylist(), arrow.column("key").to_pylist(), strict=True))
 
 
 def labelled_set(
@@ -60,14 +84,16 @@ def labelled_set(
     snapshot = pc.store.snapshot(kind)
     values = pc.store.column_values(label, kind)
     allowed = pc.store.ids_matching(where) if where else None
-    # ordered by id, not by storage order, so folds do not change when a library is rebuilt
+    keys = content_keys(pc, kind)
+    # ordered by content key, not by storage order or id, so folds do not change when a
+    # library is rebuilt from the same files
     rows = sorted(
         (
             n
             for n, i in enumerate(snapshot.ids)
             if values.get(i) is not None and (allowed is None or i in allowed)
         ),
-        key=lambda n: snapshot.ids[n],
+        key=lambda n: (keys.get(snapshot.ids[n], ""), snapshot.ids[n]),
     )
     if not rows:
         raise QueryError(f"no {kind} rows with a value in column {label!r}")
@@ -82,6 +108,7 @@ def labelled_set(
         groups=np.asarray(snapshot.groups[rows_arr], dtype=object).astype(str),
         positive=tuple(positive),
         original=original,
+        keys=np.array([keys.get(snapshot.ids[n], snapshot.ids[n]) for n in rows], dtype=object),
     )
 
 
@@ -115,11 +142,30 @@ DEFAULT_KNN = KnnOptions()
 
 
 def build_classifier(
-    method: str, data: LabelledSet, space: JointSpace | None, knn: KnnOptions = DEFAULT_KNN
+    method: str,
+    data: LabelledSet,
+    space: JointSpace | None,
+    knn: KnnOptions = DEFAULT_KNN,
+    calibrate: bool = True,
+    alpha: float = DEFAULT_ALPHA,
 ) -> Any:
-    """An unfitted classifier for ``data``'s label (prompts from the label's vocabulary)."""
+    """An unfitted classifier for ``data``'s label (prompts from the label's vocabulary).
+
+    With ``calibrate`` (the default) it is wrapped in :class:`GroupCalibrated`: probabilities
+    calibrated on grouped out-of-fold training predictions, conformal sets at ``1 - alpha``.
+    """
+    model = _base_classifier(method, data, space, knn)
+    return GroupCalibrated(model, alpha=alpha) if calibrate else model
+
+
+def _base_classifier(
+    method: str, data: LabelledSet, space: JointSpace | None, knn: KnnOptions
+) -> Any:
     if method in TEXT_METHODS:
         return make_classifier(method, space, data.label, prompts=prompts_for_set(data))
+    if method == "svm":
+        # no inner, ungrouped sigmoid fit: GroupCalibrated calibrates it grouped
+        return make_classifier("svm", calibrate=False)
     if method == "knn":
         return make_classifier(
             "knn",
