@@ -16,8 +16,15 @@ from priorcase.index.store import CaseStore
 from priorcase.ingest.pipeline import ROI_TYPE, IngestOptions, ingest
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, read_image
-from priorcase.library import DEFAULT_KNN, Classification, KnnOptions, LibraryClassifiers
+from priorcase.library import (
+    DEFAULT_ALPHA,
+    DEFAULT_KNN,
+    Classification,
+    KnnOptions,
+    LibraryClassifiers,
+)
 from priorcase.records import IngestReport, LoadedImage, SearchHit
+from priorcase.retrieval.reference import LibraryReference
 from priorcase.retrieval.search import Searcher
 
 ALIGNER_PREFIX = "text-aligner-v"
@@ -47,6 +54,7 @@ class PriorCase:
         self._encoder: Encoder | None = encoder if isinstance(encoder, Encoder) else None
         self._space: tuple[int, JointSpace] | None = None
         self._classifiers: LibraryClassifiers | None = None
+        self._reference: LibraryReference | None = None
         manifest = self.store.manifest
         if manifest is not None and isinstance(encoder, str) and encoder != manifest.encoder_spec:
             raise EncoderMismatchError(
@@ -133,6 +141,17 @@ class PriorCase:
             self._classifiers = LibraryClassifiers(self)
         return self._classifiers
 
+    @property
+    def reference(self) -> LibraryReference:
+        """The library's own nearest-neighbour score distributions ("no close reference")."""
+        if self._reference is None:
+            self._reference = LibraryReference(self)
+        return self._reference
+
+    def as_of(self, version: int) -> None:
+        """Answer from an earlier table version from now on (LanceDB checkout)."""
+        self.store.pin_version(version)
+
     def classify(
         self,
         image: str | Path | LoadedImage | np.ndarray,
@@ -141,6 +160,7 @@ class PriorCase:
         kind: str = "image",
         knn: KnnOptions = DEFAULT_KNN,
         exclude_same_patient: bool = False,
+        alpha: float = DEFAULT_ALPHA,
     ) -> Classification:
         """Class probabilities per method for one image (file, decoded image or vector).
 
@@ -154,7 +174,9 @@ class PriorCase:
             loaded = image if isinstance(image, LoadedImage) else self.read(image)  # type: ignore[arg-type]
             vector = self.embed(loaded)
             group = self.query_group(loaded) if exclude_same_patient else None
-        return self.classifiers.classify(vector, label, tuple(methods), kind, knn, group)
+        return self.classifiers.classify(
+            vector, label, tuple(methods), kind, knn, group, alpha=alpha
+        )
 
     # ------------------------------------------------------------------ text space
     def joint_space(self) -> JointSpace:

@@ -48,7 +48,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from priorcase.cli_classify import library_json
+    from priorcase.retrieval.reference import search_reference
+
     pc = _open(args)
+    if args.as_of is not None:
+        pc.as_of(args.as_of)
     hits = pc.search(
         image=args.image,
         text=args.text,
@@ -58,21 +63,35 @@ def cmd_search(args: argparse.Namespace) -> int:
         exclude_same_patient=args.exclude_same_patient,
         kind=args.kind,
     )
+    reference, percentiles = search_reference(pc, hits, args.text, args.kind)
     if args.json:
-        print(json.dumps({"encoder": pc.encoder.spec, "results": [h.to_json() for h in hits]}))
+        results = [{**h.to_json(), "percentile": p} for h, p in zip(hits, percentiles, strict=True)]
+        out = {
+            "library": library_json(pc),
+            "reference": reference.to_json(),
+            "warning": reference.reason,
+            "encoder": pc.encoder.spec,
+            "results": results,
+        }
+        print(json.dumps(out))
     else:
-        print(format_hits(hits))
+        if reference.reason:
+            print(f"warning: {reference.reason}")
+        print(format_hits(hits, percentiles))
     return 0
 
 
-def format_hits(hits: Sequence[SearchHit]) -> str:
-    """A fixed-width table of search results for the terminal."""
+def format_hits(hits: Sequence[SearchHit], percentiles: Sequence[float | None] = ()) -> str:
+    """A fixed-width table of search results for the terminal (score with its percentile in
+    the library's own nearest-neighbour distribution, when given)."""
     if not hits:
         return "no matching cases"
-    rows = [("#", "id", "score", "kind", "labels")]
-    for rank, hit in enumerate(hits, start=1):
+    rows = [("#", "id", "score (pct)", "kind", "labels")]
+    pcts = list(percentiles) or [None] * len(hits)
+    for rank, (hit, pct) in enumerate(zip(hits, pcts, strict=True), start=1):
         labels = ", ".join(f"{k}={v}" for k, v in hit.labels.items() if v is not None)
-        rows.append((str(rank), hit.id, f"{hit.score:.4f}", hit.kind, labels))
+        score = f"{hit.score:.4f}" + ("" if pct is None else f" ({pct:.0f})")
+        rows.append((str(rank), hit.id, score, hit.kind, labels))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
@@ -165,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-same-patient", action="store_true")
     p.add_argument("--kind", choices=["image", "roi"])
     p.add_argument("--encoder", help="must match the index's encoder")
+    p.add_argument(
+        "--as-of", type=int, metavar="VERSION", help="answer from this earlier table version"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 

@@ -46,12 +46,27 @@ def _add_knn_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def library_json(pc) -> dict:
+    """Which library answered: table version, encoder and its weights, priorcase version."""
+    from priorcase import __version__
+
+    manifest = pc.store.manifest
+    return {
+        "version": pc.store.version,
+        "encoder": None if manifest is None else manifest.encoder_spec,
+        "weights_sha256": None if manifest is None else manifest.encoder["weights_sha256"],
+        "priorcase": __version__,
+    }
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from priorcase.cli import _open
     from priorcase.evaluation.experiment import resolve_methods
 
     pc = _open(args)
     methods = resolve_methods(args.method)
+    if args.evaluate:
+        pc.classifiers.evaluate(args.label, tuple(methods), args.kind)
     result = pc.classify(
         args.image,
         args.label,
@@ -59,11 +74,23 @@ def cmd_classify(args: argparse.Namespace) -> int:
         kind=args.kind,
         knn=_knn_options(args),
         exclude_same_patient=args.exclude_same_patient,
+        alpha=args.alpha,
     )
     if args.json:
-        print(json.dumps({"encoder": pc.encoder.spec, **result.to_json()}))
+        out = result.to_json(str(args.image))
+        print(json.dumps({"query": out.pop("query"), "library": library_json(pc), **out}))
         return 0
     print(f"{args.image}: {args.label}")
+    ref = result.reference
+    if ref is not None and ref.top_score is not None:
+        print(
+            f"  best match {ref.top_score:.3f}, percentile {ref.percentile:.1f} of the library's "
+            f"own nearest-neighbour scores: {ref.status}"
+        )
+    if result.abstain:
+        print(f"  abstains: {result.abstain_reason}")
+        return 0
+    print(f"  headline: {result.headline()}")
     for prediction in result.predictions:
         if prediction.error:
             print(f"  {prediction.method:<10} unavailable: {prediction.error}")
@@ -71,7 +98,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
         probs = ", ".join(
             f"{c} {p:.2f}" for c, p in sorted(prediction.probabilities.items(), key=lambda x: -x[1])
         )
-        print(f"  {prediction.method:<10} {probs}  ({prediction.explanation})")
+        kind = "calibrated" if prediction.calibrated else "uncalibrated"
+        print(
+            f"  {prediction.method:<10} {probs} ({kind}); {1 - args.alpha:.0%} set "
+            f"{{{', '.join(prediction.prediction_set)}}}  ({prediction.explanation})"
+        )
+        if prediction.evaluated:
+            e = prediction.evaluated
+            auc = "n/a" if e.get("auc") is None else f"{e['auc']:.3f}"
+            figures = f"AUC {auc}, accuracy {e['accuracy']:.3f}, n={e['n']}"
+            print(f"  {'':<10} cross-validated on this library: {figures}")
     if result.neighbours:
         print(
             "  voting neighbours: "
@@ -174,7 +210,13 @@ def add_classify_commands(sub, with_db: Callable[[argparse.ArgumentParser], None
     p.add_argument(
         "--exclude-same-patient",
         action="store_true",
-        help="leave the query's own patient out of the kNN vote",
+        help="leave the query's own patient out of the kNN vote and the reference check",
+    )
+    p.add_argument("--alpha", type=float, default=0.1, help="conformal sets at level 1 - alpha")
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="cross-validate the methods on this library first (once per table version)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classify)

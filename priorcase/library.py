@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from priorcase.errors import EncoderMismatchError, PriorcaseError, QueryError
 from priorcase.evaluation.binarize import binarize_labels, binary_label_names
 from priorcase.evaluation.splits import content_group_keys
 from priorcase.records import SearchHit
+from priorcase.retrieval.reference import OK, Reference
 
 if TYPE_CHECKING:
     from priorcase.api import PriorCase
@@ -182,36 +184,81 @@ def _base_classifier(
 
 @dataclass
 class MethodPrediction:
-    """One method's probabilities for one query, with a one-line reason (or why it failed)."""
+    """One method's probabilities for one query, with a one-line reason (or why it failed).
+
+    ``prediction_set`` is the split-conformal set at level ``1 - alpha``; ``prior_like`` says
+    the probabilities equal the library's class prior (the image told the head nothing);
+    ``evaluated`` holds the method's cross-validated AUC / accuracy / n on this library.
+    """
 
     method: str
     probabilities: dict[str, float] = field(default_factory=dict)
     explanation: str = ""
     error: str | None = None
+    prediction_set: list[str] = field(default_factory=list)
+    calibrated: bool = False
+    prior_like: bool = False
+    evaluated: dict[str, Any] | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "method": self.method,
+            "probabilities": self.probabilities,
+            "prediction_set": self.prediction_set,
+            "calibrated": self.calibrated,
+            "evaluated": self.evaluated,
+            "explanation": self.explanation,
+            "prior_like": self.prior_like,
+            "error": self.error,
+        }
 
 
 @dataclass
 class Classification:
-    """All methods' answers for one query and label, plus the neighbours that voted."""
+    """All methods' answers for one query and label, plus the neighbours that voted and where
+    the query's best match sits in the library (``reference``)."""
 
     label: str
     predictions: list[MethodPrediction]
     neighbours: list[SearchHit] = field(default_factory=list)
+    reference: Reference | None = None
+    alpha: float = DEFAULT_ALPHA
 
-    def to_json(self) -> dict:
+    @property
+    def abstain(self) -> bool:
+        return self.reference is not None and self.reference.status != OK
+
+    @property
+    def abstain_reason(self) -> str | None:
+        return self.reference.reason if self.abstain and self.reference else None
+
+    def headline(self) -> str:
+        """What the page says first: the answer, "Uncertain" or "No close reference"."""
+        if self.abstain:
+            return "No close reference in the library"
+        answered = [p for p in self.predictions if p.probabilities and not p.error]
+        if not answered:
+            return "No method could answer"
+        first = answered[0]
+        if len(first.prediction_set) != 1 or first.prior_like:
+            return "Uncertain"
+        return f"{first.prediction_set[0]} ({first.method})"
+
+    def to_json(self, query: str = "") -> dict:
         return {
+            "query": query,
             "label": self.label,
-            "methods": [
-                {
-                    "method": p.method,
-                    "probabilities": p.probabilities,
-                    "explanation": p.explanation,
-                    "error": p.error,
-                }
-                for p in self.predictions
-            ],
+            "reference": None if self.reference is None else self.reference.to_json(),
+            "abstain": self.abstain,
+            "abstain_reason": self.abstain_reason,
+            "alpha": self.alpha,
+            "predictions": [p.to_json() for p in self.predictions],
             "neighbours": [h.to_json() for h in self.neighbours],
         }
+
+
+# Total-variation distance under which a head's output counts as the library prior.
+PRIOR_TOLERANCE = 0.02
 
 
 def _explain(
@@ -251,23 +298,38 @@ class LibraryClassifiers:
         self._cache: dict[tuple, Any] = {}
 
     def fitted(
-        self, method: str, label: str, kind: str = "image", knn: KnnOptions = DEFAULT_KNN
+        self,
+        method: str,
+        label: str,
+        kind: str = "image",
+        knn: KnnOptions = DEFAULT_KNN,
+        alpha: float = DEFAULT_ALPHA,
     ) -> tuple[Any, LabelledSet]:
         version = self.pc.store.version
-        key = (version, method, label, kind, knn if method == "knn" else None)
+        key = (version, method, label, kind, knn if method == "knn" else None, alpha)
         if key in self._cache:
             return self._cache[key]
         data = labelled_set(self.pc, label, kind)
-        model = self._load(method, label, kind, version) if method in PERSISTED else None
+        model = self._load(method, label, kind, version, alpha) if method in PERSISTED else None
         if model is None:
             space = self.pc.joint_space() if method in (*TEXT_METHODS, "ensemble") else None
-            model = build_classifier(method, data, space, knn)
-            model.fit(data.X, data.y, groups=data.groups)
+            model = build_classifier(method, data, space, knn, alpha=alpha)
+            # salt-free group names: the inner folds (C, calibration) do not change with the salt
+            model.fit(data.X, data.y, groups=data.fold_groups)
             if method in PERSISTED:
                 self._save(model, method, label, kind, version)
         self._cache = {k_: v for k_, v in self._cache.items() if k_[0] == version}
         self._cache[key] = (model, data)
         return model, data
+
+    def reference(
+        self, vector: np.ndarray, kind: str = "image", exclude_group: str | None = None
+    ) -> tuple[Reference, list[SearchHit]]:
+        """Where the query's best match (its own patient left out) sits in the library's
+        leave-one-patient-out distribution, and that match."""
+        hits = self.pc.searcher.search(vector, 1, kind, exclude_group=exclude_group)
+        top = hits[0].score if hits else None
+        return self.pc.reference.assess_image(top, kind), hits
 
     def classify(
         self,
@@ -278,22 +340,35 @@ class LibraryClassifiers:
         knn: KnnOptions = DEFAULT_KNN,
         exclude_group: str | None = None,
         query_id: str | None = None,
+        alpha: float = DEFAULT_ALPHA,
     ) -> Classification:
-        """Probabilities per method for one image-space vector.
+        """Calibrated probabilities and a conformal set per method for one image-space vector.
 
-        ``exclude_group`` (the query's patient) keeps that patient's cases out of the kNN vote;
-        ``query_id`` names a stored query, flagged where a trained head has seen it. A method
-        that fails (e.g. text prompts without labels) reports its error and the others go on.
+        ``exclude_group`` (the query's patient) keeps that patient's cases out of the kNN vote
+        and of the reference check; ``query_id`` names a stored query, flagged where a trained
+        head has seen it. With no close reference every method abstains (no probabilities). A
+        method that fails (e.g. text prompts without labels) reports its error; others go on.
         """
         query = np.asarray(vector, dtype=np.float32)[None, :]
-        groups = None if exclude_group is None else np.array([exclude_group], dtype=object)
-        result = Classification(label, [])
+        reference, _ = self.reference(query[0], kind, exclude_group)
+        result = Classification(label, [], reference=reference, alpha=alpha)
+        figures = self.evaluated(label, kind)
         for method in methods:
-            prediction = MethodPrediction(method)
+            prediction = MethodPrediction(method, evaluated=figures.get(method))
+            if result.abstain:
+                prediction.explanation = "abstains: no close reference in the library"
+                result.predictions.append(prediction)
+                continue
             try:
-                model, data = self.fitted(method, label, kind, knn)
+                model, data = self.fitted(method, label, kind, knn, alpha)
+                groups = None
+                if exclude_group is not None:
+                    salt_free = dict(
+                        zip(data.groups.tolist(), data.fold_groups.tolist(), strict=True)
+                    )
+                    groups = np.array([salt_free.get(exclude_group, exclude_group)], dtype=object)
+                proba = model.predict_proba(query, groups)[0]
                 if method == "knn":
-                    proba = model.predict_proba(query, groups)[0]
                     prediction.explanation = model.explain(query, groups)[0]
                     if groups is not None:
                         prediction.explanation += " (same patient excluded)"
@@ -304,21 +379,68 @@ class LibraryClassifiers:
                         [float(s) for s in scores[0][valid]],
                     )
                 else:
-                    proba = model.predict_proba(query)[0]
                     prediction.explanation = _explain(method, model, data, query, proba, query_id)
+                classes = [str(c) for c in model.classes_]
                 prediction.probabilities = {
-                    str(c): float(p) for c, p in zip(model.classes_, proba, strict=True)
+                    c: float(p) for c, p in zip(classes, proba, strict=True)
                 }
+                members = model.sets_from_proba(proba[None, :])[0]
+                prediction.prediction_set = [c for c, m in zip(classes, members, strict=True) if m]
+                prediction.calibrated = bool(model.calibrated_)
+                prediction.prior_like = bool(
+                    0.5 * np.abs(proba - model.prior_).sum() < PRIOR_TOLERANCE
+                )
+                if prediction.prior_like:
+                    prediction.explanation += "; its output equals the library's class prior"
             except (PriorcaseError, ValueError) as err:
                 prediction.error = str(err).splitlines()[0] if str(err) else type(err).__name__
             result.predictions.append(prediction)
         return result
 
+    # ------------------------------------------------------------------ evaluated figures
+    def _figures_path(self, label: str, kind: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+        return self.pc.store.db_dir / "evaluation" / f"{kind}-{safe}-v{self.pc.store.version}.json"
+
+    def evaluated(self, label: str, kind: str = "image") -> dict[str, dict[str, Any]]:
+        """Cross-validated {auc, accuracy, n} per method on this table version, if computed."""
+        path = self._figures_path(label, kind)
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def evaluate(
+        self, label: str, methods: tuple[str, ...], kind: str = "image"
+    ) -> dict[str, dict[str, Any]]:
+        """Compute (once per table version) and store the methods' cross-validated figures."""
+        from priorcase.evaluation.experiment import cross_validate
+
+        figures = self.evaluated(label, kind)
+        missing = [m for m in methods if m not in figures]
+        if missing:
+            evaluation = cross_validate(
+                self.pc, label, missing, kind=kind, n_boot=0, progress=False, nuisance=False
+            )
+            for r in evaluation.results:
+                figures[r.method] = {"auc": r.auc, "accuracy": r.accuracy, "n": r.n}
+            path = self._figures_path(label, kind)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for old in path.parent.glob(f"{kind}-*-v*.json"):
+                if not old.name.endswith(f"-v{self.pc.store.version}.json"):
+                    old.unlink(missing_ok=True)
+            path.write_text(json.dumps(figures), encoding="utf-8")
+        return figures
+
     def _path(self, method: str, label: str, kind: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
         return self.pc.store.db_dir / "classifiers" / f"{kind}-{safe}-{method}.joblib"
 
-    def _load(self, method: str, label: str, kind: str, version: int) -> Any | None:
+    def _load(
+        self, method: str, label: str, kind: str, version: int, alpha: float = DEFAULT_ALPHA
+    ) -> Any | None:
         path = self._path(method, label, kind)
         if not path.exists():
             return None
@@ -329,7 +451,10 @@ class LibraryClassifiers:
             raise EncoderMismatchError(
                 f"{path} was trained on embeddings of another encoder; delete it to retrain"
             )
-        return saved["model"] if saved["table_version"] == version else None
+        model = saved["model"]
+        if saved["table_version"] != version or getattr(model, "alpha", None) != alpha:
+            return None
+        return model
 
     def _save(self, model: Any, method: str, label: str, kind: str, version: int) -> None:
         path = self._path(method, label, kind)
