@@ -128,7 +128,8 @@ class LibraryReference:
         if top_score is None or not len(scores):
             return Reference(None, None, NO_CLOSE_REFERENCE, "the library has no comparable case")
         pct = _percentile_of(scores, top_score)
-        floor = float(np.percentile(scores, self.percentile))
+        # "lower": a real library score, so a tiny library never rejects its own least-alike case
+        floor = float(np.percentile(scores, self.percentile, method="lower"))
         if top_score < floor:
             reason = (
                 f"best match {top_score:.3f} is below {floor:.3f}, the {self.percentile:g}% "
@@ -177,7 +178,8 @@ class LibraryReference:
                 f"(floor {floor:.2f}); describe the finding in radiology words"
             )
             return Reference(top_score, pct, NO_CLOSE_REFERENCE, reason)
-        if top_score is not None and top_score < float(np.percentile(best, self.percentile)):
+        low = float(np.percentile(best, self.percentile, method="lower")) if len(best) else -1.0
+        if top_score is not None and top_score < low:
             reason = (
                 f"best match {top_score:.3f} is below the {self.percentile:g}% quantile of the "
                 "library's own report sentences' best matches: no close reference"
