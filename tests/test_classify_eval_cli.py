@@ -91,13 +91,23 @@ def test_classify_json_gives_probabilities_and_voters(library, capsys) -> None:
             "--json",
         ],
     )
-    assert out["encoder"] == "bundled" and out["label"] == "texture"
-    by_method = {m["method"]: m for m in out["methods"]}
+    # the contract: query, library, reference, abstain, predictions
+    assert out["query"] == str(query) and out["label"] == "texture"
+    assert set(out["library"]) == {"version", "encoder", "weights_sha256", "priorcase"}
+    assert out["library"]["encoder"] == "bundled" and len(out["library"]["weights_sha256"]) == 64
+    assert set(out["reference"]) == {"top_score", "percentile", "status"}
+    assert out["reference"]["status"] == "ok" and out["abstain"] is False
+    assert out["abstain_reason"] is None
+    by_method = {m["method"]: m for m in out["predictions"]}
     assert set(by_method) == {"knn", "logreg", "svm", "zeroshot", "similarity", "ensemble"}
     for method in by_method.values():
         assert method["error"] is None, method
         assert set(method["probabilities"]) == set(CLASSES)
         assert sum(method["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert method["calibrated"] is True and method["evaluated"] is None
+        assert method["prediction_set"] and set(method["prediction_set"]) <= set(CLASSES)
+        top = max(method["probabilities"], key=method["probabilities"].get)
+        assert top in method["prediction_set"]
     for method in ("knn", "logreg", "svm"):
         probs = by_method[method]["probabilities"]
         assert max(probs, key=probs.get) == "disc", (method, probs)
