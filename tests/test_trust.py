@@ -151,6 +151,7 @@ def _json(capsys, args: list[str]) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_two_indexes_give_identical_figures(twin_indexes, capsys) -> None:
     a, b = twin_indexes
     args = ["--label", "texture", "--method", "knn,logreg", "--bootstrap", "50", "--json"]
@@ -172,6 +173,7 @@ def test_two_indexes_give_identical_figures(twin_indexes, capsys) -> None:
         assert m["calibrated"] is True
 
 
+@pytest.mark.slow
 def test_unlike_queries_abstain_and_search_says_so(twin_indexes, capsys, tmp_path) -> None:
     db = twin_indexes[0]
     noise = tmp_path / "noise.png"
@@ -197,6 +199,7 @@ def test_unlike_queries_abstain_and_search_says_so(twin_indexes, capsys, tmp_pat
     assert all(0 <= r["percentile"] <= 100 for r in found["results"])
 
 
+@pytest.mark.slow
 def test_search_as_of_answers_from_an_earlier_version(twin_indexes, capsys, tmp_path) -> None:
     db = twin_indexes[1]
     pc = priorcase.open(db)
