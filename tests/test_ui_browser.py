@@ -12,7 +12,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -254,3 +256,34 @@ def test_basic_auth(page, library):
         page.locator("#query-upload").wait_for()
     finally:
         demo.close()
+
+
+def test_unlike_upload_abstains_and_a_new_query_clears_the_panel(page, server, library, tmp_path):
+    _, files = library
+    noise = tmp_path / "noise.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8)).save(noise)
+    _open(page, server)
+    page.locator("#query-upload input[type=file]").set_input_files(str(noise))
+    _wait_status(page, "Unusual query for this library")
+    page.get_by_role("tab", name="Classification").click()
+    headline = page.locator("#classify-headline")
+    headline.get_by_text("No close reference in the library").wait_for()
+    assert "noise.png" in headline.inner_text()  # the panel names its query
+    assert "nearest cases are" not in page.locator("#explain-knn").inner_text()
+    _shot(page, "classification-abstains")
+    # a text search has no image: the previous answer must not stay on screen
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#text-query textarea").fill("dense glandular breast")
+    page.locator("#text-search").click()
+    _wait_status(page, "matching the description")
+    page.get_by_role("tab", name="Classification").click()
+    headline.get_by_text("the panel is empty").wait_for()
+    assert "noise.png" not in headline.inner_text()
+    # a library film answers again, naming the new query
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#query-upload input[type=file]").set_input_files(str(files[QUERY]))
+    _wait_status(page, "nearest cases to")
+    page.get_by_role("tab", name="Classification").click()
+    headline.get_by_text(f"{QUERY}.png").wait_for()
+    page.locator("#bar-knn .pc-set").get_by_text("prediction set").wait_for()
