@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,14 +151,28 @@ def build_classifier(
     knn: KnnOptions = DEFAULT_KNN,
     calibrate: bool = True,
     alpha: float = DEFAULT_ALPHA,
+    space_for: Callable[[np.ndarray], JointSpace] | None = None,
+    rows: np.ndarray | None = None,
 ) -> Any:
     """An unfitted classifier for ``data``'s label (prompts from the label's vocabulary).
 
     With ``calibrate`` (the default) it is wrapped in :class:`GroupCalibrated`: probabilities
     calibrated on grouped out-of-fold training predictions, conformal sets at ``1 - alpha``.
+    ``space_for(data_rows)`` fits a text space on those rows only; given (with ``rows``, the
+    data rows this classifier will be fitted on, default all), each inner calibration fold of
+    a text method gets its own space, so calibration never sees a space fitted on its rows.
     """
     model = _base_classifier(method, data, space, knn)
-    return GroupCalibrated(model, alpha=alpha) if calibrate else model
+    if not calibrate:
+        return model
+    inner = None
+    if space_for is not None and method in (*TEXT_METHODS, "ensemble"):
+        fit_rows = np.arange(len(data.y)) if rows is None else np.asarray(rows)
+
+        def inner(positions: np.ndarray) -> Any:
+            return _base_classifier(method, data, space_for(fit_rows[positions]), knn)
+
+    return GroupCalibrated(model, alpha=alpha, inner=inner)
 
 
 def _base_classifier(
@@ -312,8 +327,12 @@ class LibraryClassifiers:
         data = labelled_set(self.pc, label, kind)
         model = self._load(method, label, kind, version, alpha) if method in PERSISTED else None
         if model is None:
-            space = self.pc.joint_space() if method in (*TEXT_METHODS, "ensemble") else None
-            model = build_classifier(method, data, space, knn, alpha=alpha)
+            space = space_for = None
+            if method in (*TEXT_METHODS, "ensemble"):
+                from priorcase.evaluation.experiment import FoldSpaces
+
+                space, space_for = self.pc.joint_space(), FoldSpaces(self.pc, data).for_rows
+            model = build_classifier(method, data, space, knn, alpha=alpha, space_for=space_for)
             # salt-free group names: the inner folds (C, calibration) do not change with the salt
             model.fit(data.X, data.y, groups=data.fold_groups)
             if method in PERSISTED:

@@ -29,15 +29,14 @@ def _log(proba: np.ndarray) -> np.ndarray:
     return np.log(np.clip(proba, _EPS, 1.0))
 
 
-def scaled_log_proba(proba: np.ndarray, scale: float, bias: np.ndarray) -> np.ndarray:
+def scaled_log_proba(logp: np.ndarray, scale: float, bias: np.ndarray) -> np.ndarray:
     """log softmax(scale * log p + bias): temperature 1/scale and a bias per class."""
-    return log_softmax(scale * _log(proba) + bias, axis=1)
+    return log_softmax(scale * logp + bias, axis=1)
 
 
-def fit_scaling(proba: np.ndarray, y_idx: np.ndarray) -> tuple[float, np.ndarray]:
-    """(scale, bias) minimising the mean log loss of ``proba``'s rows against ``y_idx``."""
-    n_classes = proba.shape[1]
-    logp = _log(proba)
+def fit_scaling(logp: np.ndarray, y_idx: np.ndarray) -> tuple[float, np.ndarray]:
+    """(scale, bias) minimising the mean log loss of log-probabilities ``logp`` vs ``y_idx``."""
+    n_classes = logp.shape[1]
 
     def loss(theta: np.ndarray) -> float:
         scale, bias = math.exp(theta[0]), theta[1:]
@@ -65,12 +64,21 @@ def _fit(est: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> A
     return fit_with_groups(est, X, y, groups)
 
 
-def _proba(est: Any, X: np.ndarray, groups: np.ndarray | None, classes: np.ndarray) -> np.ndarray:
-    """``est``'s probabilities with columns on ``classes`` (0 for a class it never saw)."""
+def _log_scores(
+    est: Any, X: np.ndarray, groups: np.ndarray | None, classes: np.ndarray
+) -> np.ndarray:
+    """``est``'s log-probabilities with columns on ``classes`` (a class it never saw: log 1e-12).
+
+    Prompt heads (softmax of cosine / 0.01) saturate to exactly 0 and 1, so their logits are
+    taken instead: the fitted scale then sets the temperature.
+    """
     from priorcase.evaluation.runner import _predict_proba
 
-    raw = _predict_proba(est, X, groups)
-    out = np.zeros((len(raw), len(classes)))
+    if hasattr(est, "prompts_") and hasattr(est, "decision_function"):
+        raw = log_softmax(np.asarray(est.decision_function(X), dtype=np.float64), axis=1)
+    else:
+        raw = _log(_predict_proba(est, X, groups))
+    out = np.full((len(raw), len(classes)), math.log(_EPS))
     out[:, np.searchsorted(classes, np.asarray(est.classes_))] = raw
     return out
 
@@ -81,15 +89,25 @@ class GroupCalibrated(ClassifierMixin, BaseEstimator):
     ``cv`` inner folds (grouped by ``groups`` when given, stratified). With too little data for
     two folds the wrapper passes probabilities through unchanged and ``calibrated_`` is False.
     ``prediction_sets(X)`` are split-conformal sets at level ``1 - alpha``.
+
+    ``inner(rows)`` (optional) builds the estimator for an inner fold from its training row
+    positions; a head whose text space was learnt from the training rows' reports needs it,
+    since the space fitted on all of them has already seen the inner held-out rows' labels.
     """
 
     def __init__(
-        self, estimator: Any, cv: int = 5, alpha: float = 0.1, random_state: int = 0
+        self,
+        estimator: Any,
+        cv: int = 5,
+        alpha: float = 0.1,
+        random_state: int = 0,
+        inner: Any = None,
     ) -> None:
         self.estimator = estimator
         self.cv = cv
         self.alpha = alpha
         self.random_state = random_state
+        self.inner = inner
 
     def fit(self, X: np.ndarray, y, groups=None) -> GroupCalibrated:
         X = np.asarray(X)
@@ -100,25 +118,19 @@ class GroupCalibrated(ClassifierMixin, BaseEstimator):
         splits = cv_splits(y, groups, self.cv, self.random_state)
         oof = np.full((len(y), len(self.classes_)), np.nan)
         for train, test in splits:
-            est = _fit(
-                clone(self.estimator),
-                X[train],
-                y[train],
-                groups[train] if groups is not None else None,
-            )
-            oof[test] = _proba(
-                est, X[test], None if groups is None else groups[test], self.classes_
-            )
+            g_train = None if groups is None else groups[train]
+            est = clone(self.estimator) if self.inner is None else self.inner(train)
+            est = _fit(est, X[train], y[train], g_train)
+            g_test = None if groups is None else groups[test]
+            oof[test] = _log_scores(est, X[test], g_test, self.classes_)
         scored = ~np.isnan(oof).any(axis=1)
         self.calibrated_ = bool(splits) and scored.sum() >= 2 * len(self.classes_)
         if self.calibrated_:
             self.scale_, self.bias_ = fit_scaling(oof[scored], y_idx[scored])
-            cal = np.exp(scaled_log_proba(oof[scored], self.scale_, self.bias_))
-            self.oof_proba_ = np.full_like(oof, np.nan)
-            self.oof_proba_[scored] = cal
         else:
             self.scale_, self.bias_ = 1.0, np.zeros(len(self.classes_))
-            self.oof_proba_ = oof
+        self.oof_proba_ = np.full_like(oof, np.nan)
+        self.oof_proba_[scored] = np.exp(scaled_log_proba(oof[scored], self.scale_, self.bias_))
         self.oof_rows_ = np.flatnonzero(scored)
         true_p = self.oof_proba_[self.oof_rows_, y_idx[self.oof_rows_]]
         self.conformal_threshold_ = conformal_quantile(1.0 - true_p, self.alpha)
@@ -129,11 +141,12 @@ class GroupCalibrated(ClassifierMixin, BaseEstimator):
 
     def uncalibrated_proba(self, X: np.ndarray, groups=None) -> np.ndarray:
         check_is_fitted(self, "estimator_")
-        return _proba(self.estimator_, np.asarray(X), groups, self.classes_)
+        return np.exp(_log_scores(self.estimator_, np.asarray(X), groups, self.classes_))
 
     def predict_proba(self, X: np.ndarray, groups=None) -> np.ndarray:
-        raw = self.uncalibrated_proba(X, groups)
-        return np.exp(scaled_log_proba(raw, self.scale_, self.bias_))
+        check_is_fitted(self, "estimator_")
+        logp = _log_scores(self.estimator_, np.asarray(X), groups, self.classes_)
+        return np.exp(scaled_log_proba(logp, self.scale_, self.bias_))
 
     def predict(self, X: np.ndarray, groups=None) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X, groups), axis=1)]

@@ -88,7 +88,7 @@ def resolve_methods(method: str) -> list[str]:
     return chosen
 
 
-class _FoldSpaces:
+class FoldSpaces:
     """Joint text-image space per training set: the bundled encoder's aligner is fitted on
     training rows' reports only, so no evaluated image ever shapes the text space."""
 
@@ -225,7 +225,7 @@ def cross_validate(
     # everything downstream (inner CV, bootstrap) sees salt-free group names
     groups = data.fold_groups
     folds = grouped_folds(data.y, groups, n_splits=n_splits, random_state=FOLD_SEED)
-    spaces = _FoldSpaces(pc, data)
+    spaces = FoldSpaces(pc, data)
     retrieval = retrieval_metrics(data.X, data.y, groups, exclude_same_group=True)
     evaluation = _new_evaluation(pc, data, "cv", kind, where, n_splits=len(folds), alpha=alpha)
     subgroups = _subgroup_values(pc, data, by or [], kind)
@@ -243,7 +243,9 @@ def cross_validate(
             if fixed is not None:
                 return clone(fixed)
             space = spaces.for_rows(train_idx) if method in SPACE_METHODS else None
-            return build_classifier(method, data, space, knn, alpha=alpha)
+            return build_classifier(
+                method, data, space, knn, alpha=alpha, space_for=spaces.for_rows, rows=train_idx
+            )
 
         recorder = _FoldRecorder(len(data.y), classes, data.y, pos)
         proba, classes_ = cross_val_proba(
@@ -329,7 +331,9 @@ def holdout(
     retrieval = _holdout_retrieval(library, test)
     lib_groups = library.fold_groups
     for method in methods:
-        model = build_classifier(method, library, space, knn, alpha=alpha)
+        model = build_classifier(
+            method, library, space, knn, alpha=alpha, space_for=FoldSpaces(pc, library).for_rows
+        )
         proba, classes_ = holdout_proba(model, library.X, library.y, lib_groups, test.X)
         recorder = _FoldRecorder(len(test.y), classes_, test.y, pos, y_train=library.y)
         recorder(model, np.arange(len(library.y)), np.arange(len(test.y)), proba)
