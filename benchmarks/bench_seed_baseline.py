@@ -20,7 +20,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 
 from priorcase.classifiers.linear import choose_scoring, cv_splits
-
 from priorcase.evaluation.experiment import cross_validate
 from priorcase.evaluation.metrics import evaluate_probabilities
 from priorcase.evaluation.runner import cross_val_proba
