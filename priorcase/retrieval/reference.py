@@ -10,8 +10,8 @@ keys and the encoder weights.
 Text queries get two checks. The text tower must recognise the words: the query must be
 closer to the library's vocabulary (its label-derived report sentences and label phrases) than
 off-topic control sentences are, by ``TEXT_MARGIN`` (measured with all-MiniLM-L6-v2: controls
-reach 0.31, "microcalcifications" 0.56, "asdfgh qwerty" 0.37). And the best text-image score
-must not fall below the report sentences' own best scores' low percentile.
+reach 0.31, "microcalcifications" 0.56, "asdfgh qwerty" 0.37). The best text-image score's
+percentile among the report sentences' own best scores is reported, not used to abstain.
 """
 
 from __future__ import annotations
@@ -155,7 +155,8 @@ class LibraryReference:
             floor = float((controls @ tower.T).max()) + TEXT_MARGIN
             space = self.pc.joint_space()
             images = space.images(self.pc.store.snapshot(None).vectors)
-            best = np.sort((space.texts(reports) @ images.T).max(axis=1))
+            known = [*reports, *phrases]
+            best = np.sort((space.texts(known) @ images.T).max(axis=1))
             self._cache = {k: v for k, v in self._cache.items() if k[1] == key[1]}
             self._cache[key] = (tower, floor, best)  # type: ignore[assignment]
         return self._cache[key]  # type: ignore[return-value]
@@ -178,13 +179,9 @@ class LibraryReference:
                 f"(floor {floor:.2f}); describe the finding in radiology words"
             )
             return Reference(top_score, pct, NO_CLOSE_REFERENCE, reason)
-        low = float(np.percentile(best, self.percentile, method="lower")) if len(best) else -1.0
-        if top_score is not None and top_score < low:
-            reason = (
-                f"best match {top_score:.3f} is below the {self.percentile:g}% quantile of the "
-                "library's own report sentences' best matches: no close reference"
-            )
-            return Reference(top_score, pct, NO_CLOSE_REFERENCE, reason)
+        # The score's percentile is reported but not used to abstain: short descriptions score
+        # below the long report sentences they paraphrase (measured: "dense glandular breast"
+        # 0.67 against reports' 1% quantile above it), so a floor would reject good queries.
         return Reference(top_score, pct, OK)
 
 
