@@ -7,7 +7,7 @@ unlike every case the library holds, so no method should answer for it. The dist
 computed once per table content and kept on disk, keyed by a digest of the rows' content
 keys and the encoder weights.
 
-Text queries get two checks. The text tower must recognise the words: the query must be
+Text queries are checked once: the text tower must recognise the words. The query must be
 closer to the library's vocabulary (its label-derived report sentences and label phrases) than
 off-topic control sentences are, by ``TEXT_MARGIN`` (measured with all-MiniLM-L6-v2: controls
 reach 0.31, "microcalcifications" 0.56, "asdfgh qwerty" 0.37). The best text-image score's
