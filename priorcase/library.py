@@ -329,9 +329,7 @@ class LibraryClassifiers:
         if model is None:
             space = space_for = None
             if method in (*TEXT_METHODS, "ensemble"):
-                from priorcase.evaluation.experiment import FoldSpaces
-
-                space, space_for = self.pc.joint_space(), FoldSpaces(self.pc, data).for_rows
+                space, space_for = self.pc.joint_space(), self._spaces(label, kind, data).for_rows
             model = build_classifier(method, data, space, knn, alpha=alpha, space_for=space_for)
             # salt-free group names: the inner folds (C, calibration) do not change with the salt
             model.fit(data.X, data.y, groups=data.fold_groups)
@@ -340,6 +338,16 @@ class LibraryClassifiers:
         self._cache = {k_: v for k_, v in self._cache.items() if k_[0] == version}
         self._cache[key] = (model, data)
         return model, data
+
+    def _spaces(self, label: str, kind: str, data: LabelledSet) -> Any:
+        """Text spaces fitted on subsets of ``data`` (calibration folds), shared by the text
+        methods of one label so each subset's aligner is trained once."""
+        from priorcase.evaluation.experiment import FoldSpaces
+
+        key = (self.pc.store.version, "spaces", label, kind)
+        if key not in self._cache:
+            self._cache[key] = FoldSpaces(self.pc, data)
+        return self._cache[key]
 
     def reference(
         self, vector: np.ndarray, kind: str = "image", exclude_group: str | None = None

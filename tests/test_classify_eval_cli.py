@@ -87,7 +87,7 @@ def test_classify_json_gives_probabilities_and_voters(library, capsys) -> None:
             "--label",
             "texture",
             "--method",
-            "knn,logreg,svm,zeroshot,similarity,ensemble",
+            "knn,logreg,svm,zeroshot",  # similarity/ensemble: test_trust (slow)
             "--json",
         ],
     )
@@ -99,7 +99,7 @@ def test_classify_json_gives_probabilities_and_voters(library, capsys) -> None:
     assert out["reference"]["status"] == "ok" and out["abstain"] is False
     assert out["abstain_reason"] is None
     by_method = {m["method"]: m for m in out["predictions"]}
-    assert set(by_method) == {"knn", "logreg", "svm", "zeroshot", "similarity", "ensemble"}
+    assert set(by_method) == {"knn", "logreg", "svm", "zeroshot"}
     for method in by_method.values():
         assert method["error"] is None, method
         assert set(method["probabilities"]) == set(CLASSES)

@@ -213,3 +213,29 @@ def test_search_as_of_answers_from_an_earlier_version(twin_indexes, capsys, tmp_
     assert _json(capsys, query)["results"][0]["id"] == "late"
     old = _json(capsys, [*query, "--as-of", str(before)])
     assert old["library"]["version"] == before and old["results"][0]["id"] != "late"
+
+
+@pytest.mark.slow
+def test_every_method_classifies_calibrated(twin_indexes, capsys, tmp_path) -> None:
+    like = tmp_path / "disc.png"
+    Image.fromarray(textured("disc", 4343)).save(like)
+    out = _json(
+        capsys,
+        [
+            "classify",
+            "--db",
+            str(twin_indexes[0]),
+            "--image",
+            str(like),
+            "--label",
+            "texture",
+            "--method",
+            "all",
+            "--json",
+        ],
+    )
+    by_method = {p["method"]: p for p in out["predictions"]}
+    assert set(by_method) == {"knn", "logreg", "svm", "zeroshot", "similarity", "ensemble"}
+    for p in by_method.values():
+        assert p["error"] is None and p["calibrated"] is True, p
+        assert set(p["probabilities"]) == set(CLASSES) and p["prediction_set"]
