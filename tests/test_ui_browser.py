@@ -258,8 +258,7 @@ def test_basic_auth(page, library):
         demo.close()
 
 
-def test_unlike_upload_abstains_and_a_new_query_clears_the_panel(page, server, library, tmp_path):
-    _, files = library
+def test_unlike_upload_abstains_and_a_new_query_clears_the_panel(page, server, tmp_path):
     noise = tmp_path / "noise.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8)).save(noise)
@@ -280,10 +279,13 @@ def test_unlike_upload_abstains_and_a_new_query_clears_the_panel(page, server, l
     page.get_by_role("tab", name="Classification").click()
     headline.get_by_text("the panel is empty").wait_for()
     assert "noise.png" not in headline.inner_text()
-    # a library film answers again, naming the new query
+    # a library case answers again, and the panel names the new query
     page.get_by_role("tab", name="Search").click()
-    page.locator("#query-upload input[type=file]").set_input_files(str(files[QUERY]))
-    _wait_status(page, "nearest cases to")
+    page.locator("#case-id input").fill(QUERY)
+    page.locator("#id-search").click()
+    _wait_status(page, f"nearest cases to {QUERY}")
     page.get_by_role("tab", name="Classification").click()
-    headline.get_by_text(f"{QUERY}.png").wait_for()
-    page.locator("#bar-knn .pc-set").get_by_text("prediction set").wait_for()
+    headline.get_by_text(QUERY).first.wait_for()
+    assert "noise.png" not in headline.inner_text()
+    page.locator("#bar-knn").get_by_text("prediction set").wait_for()
+    _shot(page, "classification-calibrated")
