@@ -233,9 +233,9 @@ def test_knn_options_change_the_vote(library, capsys) -> None:
         "15",
         "--json",
     ]
-    uniform = run_json(capsys, args)["methods"][0]["probabilities"]
+    uniform = run_json(capsys, args)["predictions"][0]["probabilities"]
     weighted = run_json(
         capsys, [*args, "--knn-weights", "similarity", "--knn-temperature", "0.01"]
-    )["methods"][0]["probabilities"]
+    )["predictions"][0]["probabilities"]
     assert uniform != weighted
     assert max(weighted, key=weighted.get) == "stripes"
