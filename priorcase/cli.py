@@ -75,8 +75,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out))
     else:
-        if reference.reason:
-            print(f"warning: {reference.reason}")
+        if reference.reason:  # stderr: stdout stays the table
+            print(f"warning: {reference.reason}", file=sys.stderr)
         print(format_hits(hits, percentiles))
     return 0
 
