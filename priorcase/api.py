@@ -20,6 +20,7 @@ from priorcase.ingest.pipeline import ROI_TYPE, IngestOptions, ingest
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, read_image
 from priorcase.library import (
+    DEFAULT_ALPHA,
     DEFAULT_KNN,
     Classification,
     KnnOptions,
@@ -27,6 +28,7 @@ from priorcase.library import (
     MethodPrediction,
 )
 from priorcase.records import IngestReport, LoadedImage, SearchHit
+from priorcase.retrieval.reference import LibraryReference
 from priorcase.retrieval.regions import (
     TileBank,
     add_matches,
@@ -65,6 +67,7 @@ class PriorCase:
         self._space_lock = threading.Lock()
         self._classifiers: LibraryClassifiers | None = None
         self._tiles: tuple[int, TileBank] | None = None
+        self._reference: LibraryReference | None = None
         manifest = self.store.manifest
         if manifest is not None and isinstance(encoder, str) and encoder != manifest.encoder_spec:
             raise EncoderMismatchError(
@@ -229,6 +232,17 @@ class PriorCase:
             self._classifiers = LibraryClassifiers(self)
         return self._classifiers
 
+    @property
+    def reference(self) -> LibraryReference:
+        """The library's own nearest-neighbour score distributions ("no close reference")."""
+        if self._reference is None:
+            self._reference = LibraryReference(self)
+        return self._reference
+
+    def as_of(self, version: int) -> None:
+        """Answer from an earlier table version from now on (LanceDB checkout)."""
+        self.store.pin_version(version)
+
     def classify(
         self,
         image: str | Path | LoadedImage | np.ndarray,
@@ -237,6 +251,7 @@ class PriorCase:
         kind: str = "image",
         knn: KnnOptions = DEFAULT_KNN,
         exclude_same_patient: bool = False,
+        alpha: float = DEFAULT_ALPHA,
     ) -> Classification:
         """Class probabilities per method for one image (file, decoded image or vector).
 
@@ -258,9 +273,9 @@ class PriorCase:
                 stored_id = stored[0] if stored else None
         others = tuple(m for m in methods if m != "tiles")
         result = self.classifiers.classify(
-            vector, label, others, kind, knn, group, query_id=stored_id
+            vector, label, others, kind, knn, group, query_id=stored_id, alpha=alpha
         )
-        if "tiles" in methods:
+        if "tiles" in methods and not result.abstain:
             result.predictions.insert(list(methods).index("tiles"), self._tiles_say(loaded, label))
         return result
 

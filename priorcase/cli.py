@@ -73,7 +73,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from priorcase.cli_classify import library_json
+    from priorcase.retrieval.reference import search_reference
+
     pc = _open(args)
+    if args.as_of is not None:
+        pc.as_of(args.as_of)
     hits = pc.search(
         image=args.image,
         text=args.text,
@@ -84,10 +89,21 @@ def cmd_search(args: argparse.Namespace) -> int:
         kind=args.kind,
         box=parse_box(args.box) if args.box else None,
     )
+    reference, percentiles = search_reference(pc, hits, args.text, args.kind)
     if args.json:
-        print(json.dumps({"encoder": pc.encoder.spec, "results": [h.to_json() for h in hits]}))
+        results = [{**h.to_json(), "percentile": p} for h, p in zip(hits, percentiles, strict=True)]
+        out = {
+            "library": library_json(pc),
+            "reference": reference.to_json(),
+            "warning": reference.reason,
+            "encoder": pc.encoder.spec,
+            "results": results,
+        }
+        print(json.dumps(out))
     else:
-        print(format_hits(hits))
+        if reference.reason:  # stderr: stdout stays the table
+            print(f"warning: {reference.reason}", file=sys.stderr)
+        print(format_hits(hits, percentiles))
     return 0
 
 
@@ -222,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["image", "roi", "tile"])
     p.add_argument("--box", help="x0,y0,x1,y1: search with this region of --image (pixels)")
     p.add_argument("--encoder", help="must match the index's encoder")
+    p.add_argument(
+        "--as-of", type=int, metavar="VERSION", help="answer from this earlier table version"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 

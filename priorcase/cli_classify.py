@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+
+def _command() -> str:
+    """The command line as typed, to record how a result was obtained."""
+    return shlex.join(["priorcase", *sys.argv[1:]])
 
 
 def _positive(value: str | None) -> tuple[str, ...]:
@@ -39,12 +46,27 @@ def _add_knn_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def library_json(pc) -> dict:
+    """Which library answered: table version, encoder and its weights, priorcase version."""
+    from priorcase import __version__
+
+    manifest = pc.store.manifest
+    return {
+        "version": pc.store.version,
+        "encoder": None if manifest is None else manifest.encoder_spec,
+        "weights_sha256": None if manifest is None else manifest.encoder["weights_sha256"],
+        "priorcase": __version__,
+    }
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from priorcase.cli import _open
     from priorcase.evaluation.experiment import resolve_methods
 
     pc = _open(args)
     methods = resolve_methods(args.method)
+    if args.evaluate:
+        pc.classifiers.evaluate(args.label, tuple(methods), args.kind)
     result = pc.classify(
         args.image,
         args.label,
@@ -52,9 +74,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
         kind=args.kind,
         knn=_knn_options(args),
         exclude_same_patient=args.exclude_same_patient,
+        alpha=args.alpha,
     )
     if args.json:
-        print(json.dumps({"encoder": pc.encoder.spec, **result.to_json()}))
+        out = result.to_json(str(args.image))
+        print(json.dumps({"query": out.pop("query"), "library": library_json(pc), **out}))
         return 0
     print(f"{args.image}: {args.label}")
     if result.query_in_library:
@@ -62,6 +86,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
             f"  note: this image is stored in the library as {result.query_in_library}; "
             "the heads below were trained on it"
         )
+    ref = result.reference
+    if ref is not None and ref.top_score is not None:
+        print(
+            f"  best match {ref.top_score:.3f}, percentile {ref.percentile:.1f} of the library's "
+            f"own nearest-neighbour scores: {ref.status}"
+        )
+    if result.abstain:
+        print(f"  abstains: {result.abstain_reason}")
+        return 0
+    print(f"  headline: {result.headline()}")
     for prediction in result.predictions:
         if prediction.error:
             print(f"  {prediction.method:<10} unavailable: {prediction.error}")
@@ -69,7 +103,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
         probs = ", ".join(
             f"{c} {p:.2f}" for c, p in sorted(prediction.probabilities.items(), key=lambda x: -x[1])
         )
-        print(f"  {prediction.method:<10} {probs}  ({prediction.explanation})")
+        kind = "calibrated" if prediction.calibrated else "uncalibrated"
+        print(
+            f"  {prediction.method:<10} {probs} ({kind}); {1 - args.alpha:.0%} set "
+            f"{{{', '.join(prediction.prediction_set)}}}  ({prediction.explanation})"
+        )
+        if prediction.evaluated:
+            e = prediction.evaluated
+            auc = "n/a" if e.get("auc") is None else f"{e['auc']:.3f}"
+            figures = f"AUC {auc}, accuracy {e['accuracy']:.3f}, n={e['n']}"
+            print(f"  {'':<10} cross-validated on this library: {figures}")
     if result.neighbours:
         print(
             "  voting neighbours: "
@@ -96,6 +139,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         knn=_knn_options(args),
         n_boot=args.bootstrap,
         progress=not args.json,
+        alpha=args.alpha,
     )
     if args.queries:
         if args.labels is None:
@@ -103,6 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         evaluation = holdout(pc, args.queries, args.labels, **common)
     else:
         evaluation = cross_validate(pc, n_splits=args.cv, by=args.by, **common)
+    evaluation.meta["command"] = _command()
     if args.report:
         tables = {f"operating points: {m}": rows for m, rows in evaluation.thresholds.items()}
         tables |= {f"subgroups: {name}": rows for name, rows in evaluation.subgroups.items()}
@@ -121,9 +166,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"{args.label} ({evaluation.mode}, {evaluation.kind}, n={evaluation.n}, "
         f"classes {meta['class_counts']}, encoder {meta['encoder']})"
     )
+    print(
+        f"table version {meta['table_version']}, encoder weights "
+        f"{meta['encoder_weights_sha256'][:12]}, fold seed {meta['fold_seed']}, "
+        f"priorcase {meta['priorcase']}"
+    )
+    if meta.get("positive"):
+        print(f"positive class: {meta['positive']} ({meta['positive_chosen_by']})")
     print(format_table(evaluation.results))
+    print(
+        f"probabilities calibrated on training folds only (grouped); coverage and set size of "
+        f"conformal sets at alpha={meta['alpha']}"
+    )
     for method, rows in evaluation.thresholds.items():
-        print(f"\noperating points, {method} (positive = {rows[0]['positive']}):")
+        print(
+            f"\noperating points, {method} (positive = {rows[0]['positive']}; thresholds chosen "
+            "on each fold's training rows, scored on its held-out rows):"
+        )
         for r in rows:
             print(
                 f"  {r['target']:<14} threshold {r['threshold']:.3f}  sens {r['sensitivity']:.2f}"
@@ -156,7 +215,13 @@ def add_classify_commands(sub, with_db: Callable[[argparse.ArgumentParser], None
     p.add_argument(
         "--exclude-same-patient",
         action="store_true",
-        help="leave the query's own patient out of the kNN vote",
+        help="leave the query's own patient out of the kNN vote and the reference check",
+    )
+    p.add_argument("--alpha", type=float, default=0.1, help="conformal sets at level 1 - alpha")
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="cross-validate the methods on this library first (once per table version)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classify)
@@ -167,7 +232,17 @@ def add_classify_commands(sub, with_db: Callable[[argparse.ArgumentParser], None
     p.add_argument("--method", default="all")
     p.add_argument("--kind", choices=["image", "roi"], default="image")
     p.add_argument("--where", help="only rows matching this SQL predicate")
-    p.add_argument("--positive", help="comma list of values that form the positive class")
+    p.add_argument(
+        "--positive",
+        help="comma list of values that form the positive class (binary labels otherwise take "
+        "the class not named like 'normal', and the output says so)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.1,
+        help="conformal sets miss the true class at most this often",
+    )
     p.add_argument("--cv", type=int, default=5, help="folds (grouped by the index's group key)")
     p.add_argument("--queries", type=Path, help="folder of query images (holdout mode)")
     p.add_argument("--labels", type=Path, help="labels CSV of the query images")

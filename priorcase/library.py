@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,12 +12,15 @@ import joblib
 import numpy as np
 
 from priorcase.classifiers import make_classifier
+from priorcase.classifiers.calibration import GroupCalibrated
 from priorcase.classifiers.joint_space import JointSpace
 from priorcase.classifiers.prompts import MAMMOGRAPHY_TEMPLATES, class_prompts
 from priorcase.errors import PriorcaseError, QueryError
 from priorcase.evaluation.binarize import binarize_labels, binary_label_names
-from priorcase.index.artifacts import BoundedCache, content_digest, load_or_build
+from priorcase.evaluation.splits import content_group_keys
+from priorcase.index.artifacts import BoundedCache, atomic_write, content_digest, load_or_build
 from priorcase.records import SearchHit
+from priorcase.retrieval.reference import OK, Reference
 from priorcase.retrieval.search import check_k
 
 if TYPE_CHECKING:
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
 PERSISTED = ("logreg", "svm")
 MAX_CACHED_MODELS = 32  # fitted heads kept in memory (methods x labels x kinds x k)
 TEXT_METHODS = ("zeroshot", "similarity")
+DEFAULT_ALPHA = 0.1  # conformal prediction sets cover the true class 90% of the time
 
 
 @dataclass
@@ -38,6 +44,14 @@ class LabelledSet:
     groups: np.ndarray
     positive: tuple[str, ...] = ()
     original: np.ndarray | None = None  # y before --positive collapsed it
+    keys: np.ndarray | None = None  # content keys (file hash, ROI geometry): salt-free
+
+    @property
+    def fold_groups(self) -> np.ndarray:
+        """Salt-independent group names (digest of each group's content keys) for CV."""
+        if self.keys is None:
+            return self.groups
+        return content_group_keys(self.groups, self.keys)
 
     def subset(self, rows: np.ndarray) -> LabelledSet:
         original = None if self.original is None else self.original[rows]
@@ -49,7 +63,20 @@ class LabelledSet:
             self.groups[rows],
             self.positive,
             original,
+            None if self.keys is None else self.keys[rows],
         )
+
+
+def content_keys(pc: PriorCase, kind: str | None) -> dict[str, str]:
+    """id -> dedup key (the file's SHA-256, plus the geometry for an ROI), salt-independent."""
+    table = pc.store.table
+    if table is None:
+        return {}
+    query = table.search().select(["id", "key"])
+    if kind:
+        query = query.where(f"kind = '{kind}'")
+    arrow = query.limit(None).to_arrow()
+    return dict(zip(arrow.column("id").to_pylist(), arrow.column("key").to_pylist(), strict=True))
 
 
 def labelled_set(
@@ -63,14 +90,16 @@ def labelled_set(
     snapshot = pc.store.snapshot(kind)
     values = pc.store.column_values(label, kind)
     allowed = pc.store.ids_matching(where) if where else None
-    # ordered by id, not by storage order, so folds do not change when a library is rebuilt
+    keys = content_keys(pc, kind)
+    # ordered by content key, not by storage order or id, so folds do not change when a
+    # library is rebuilt from the same files
     rows = sorted(
         (
             n
             for n, i in enumerate(snapshot.ids)
             if values.get(i) is not None and (allowed is None or i in allowed)
         ),
-        key=lambda n: snapshot.ids[n],
+        key=lambda n: (keys.get(snapshot.ids[n], ""), snapshot.ids[n]),
     )
     if not rows:
         raise QueryError(f"no {kind} rows with a value in column {label!r}")
@@ -85,6 +114,7 @@ def labelled_set(
         groups=np.asarray(snapshot.groups[rows_arr], dtype=object).astype(str),
         positive=tuple(positive),
         original=original,
+        keys=np.array([keys.get(snapshot.ids[n], snapshot.ids[n]) for n in rows], dtype=object),
     )
 
 
@@ -118,11 +148,44 @@ DEFAULT_KNN = KnnOptions()
 
 
 def build_classifier(
-    method: str, data: LabelledSet, space: JointSpace | None, knn: KnnOptions = DEFAULT_KNN
+    method: str,
+    data: LabelledSet,
+    space: JointSpace | None,
+    knn: KnnOptions = DEFAULT_KNN,
+    calibrate: bool = True,
+    alpha: float = DEFAULT_ALPHA,
+    space_for: Callable[[np.ndarray], JointSpace] | None = None,
+    rows: np.ndarray | None = None,
 ) -> Any:
-    """An unfitted classifier for ``data``'s label (prompts from the label's vocabulary)."""
+    """An unfitted classifier for ``data``'s label (prompts from the label's vocabulary).
+
+    With ``calibrate`` (the default) it is wrapped in :class:`GroupCalibrated`: probabilities
+    calibrated on grouped out-of-fold training predictions, conformal sets at ``1 - alpha``.
+    ``space_for(data_rows)`` fits a text space on those rows only; given (with ``rows``, the
+    data rows this classifier will be fitted on, default all), each inner calibration fold of
+    a text method gets its own space, so calibration never sees a space fitted on its rows.
+    """
+    model = _base_classifier(method, data, space, knn)
+    if not calibrate:
+        return model
+    inner = None
+    if space_for is not None and method in (*TEXT_METHODS, "ensemble"):
+        fit_rows = np.arange(len(data.y)) if rows is None else np.asarray(rows)
+
+        def inner(positions: np.ndarray) -> Any:
+            return _base_classifier(method, data, space_for(fit_rows[positions]), knn)
+
+    return GroupCalibrated(model, alpha=alpha, inner=inner)
+
+
+def _base_classifier(
+    method: str, data: LabelledSet, space: JointSpace | None, knn: KnnOptions
+) -> Any:
     if method in TEXT_METHODS:
         return make_classifier(method, space, data.label, prompts=prompts_for_set(data))
+    if method == "svm":
+        # no inner, ungrouped sigmoid fit: GroupCalibrated calibrates it grouped
+        return make_classifier("svm", calibrate=False)
     if method == "knn":
         return make_classifier(
             "knn",
@@ -145,40 +208,85 @@ def build_classifier(
 
 @dataclass
 class MethodPrediction:
-    """One method's probabilities for one query, with a one-line reason (or why it failed)."""
+    """One method's probabilities for one query, with a one-line reason (or why it failed).
+
+    ``prediction_set`` is the split-conformal set at level ``1 - alpha``; ``prior_like`` says
+    the probabilities equal the library's class prior (the image told the head nothing);
+    ``evaluated`` holds the method's cross-validated AUC / accuracy / n on this library.
+    """
 
     method: str
     probabilities: dict[str, float] = field(default_factory=dict)
     explanation: str = ""
     error: str | None = None
+    prediction_set: list[str] = field(default_factory=list)
+    calibrated: bool = False
+    prior_like: bool = False
+    evaluated: dict[str, Any] | None = None
     box: tuple[int, int, int, int] | None = None  # tiles: the tile that drove the score
+
+    def to_json(self) -> dict:
+        return {
+            "method": self.method,
+            "probabilities": self.probabilities,
+            "prediction_set": self.prediction_set,
+            "calibrated": self.calibrated,
+            "evaluated": self.evaluated,
+            "explanation": self.explanation,
+            "prior_like": self.prior_like,
+            "error": self.error,
+            **({"box": list(self.box)} if self.box else {}),
+        }
 
 
 @dataclass
 class Classification:
-    """All methods' answers for one query and label, plus the neighbours that voted."""
+    """All methods' answers for one query and label, plus the neighbours that voted and where
+    the query's best match sits in the library (``reference``)."""
 
     label: str
     predictions: list[MethodPrediction]
     neighbours: list[SearchHit] = field(default_factory=list)
     query_in_library: str | None = None  # id of the stored copy of the query (same bytes)
+    reference: Reference | None = None
+    alpha: float = DEFAULT_ALPHA
 
-    def to_json(self) -> dict:
+    @property
+    def abstain(self) -> bool:
+        return self.reference is not None and self.reference.status != OK
+
+    @property
+    def abstain_reason(self) -> str | None:
+        return self.reference.reason if self.abstain and self.reference else None
+
+    def headline(self) -> str:
+        """What the page says first: the answer, "Uncertain" or "No close reference"."""
+        if self.abstain:
+            return "No close reference in the library"
+        answered = [p for p in self.predictions if p.probabilities and not p.error]
+        if not answered:
+            return "No method could answer"
+        first = answered[0]
+        if len(first.prediction_set) != 1 or first.prior_like:
+            return "Uncertain"
+        return f"{first.prediction_set[0]} ({first.method})"
+
+    def to_json(self, query: str = "") -> dict:
         return {
+            "query": query,
             "label": self.label,
             "query_in_library": self.query_in_library,
-            "methods": [
-                {
-                    "method": p.method,
-                    "probabilities": p.probabilities,
-                    "explanation": p.explanation,
-                    "error": p.error,
-                    **({"box": list(p.box)} if p.box else {}),
-                }
-                for p in self.predictions
-            ],
+            "reference": None if self.reference is None else self.reference.to_json(),
+            "abstain": self.abstain,
+            "abstain_reason": self.abstain_reason,
+            "alpha": self.alpha,
+            "predictions": [p.to_json() for p in self.predictions],
             "neighbours": [h.to_json() for h in self.neighbours],
         }
+
+
+# Total-variation distance under which a head's output counts as the library prior.
+PRIOR_TOLERANCE = 0.02
 
 
 def _explain(
@@ -230,27 +338,54 @@ class LibraryClassifiers:
         self._cache = BoundedCache(MAX_CACHED_MODELS)
 
     def fitted(
-        self, method: str, label: str, kind: str = "image", knn: KnnOptions = DEFAULT_KNN
+        self,
+        method: str,
+        label: str,
+        kind: str = "image",
+        knn: KnnOptions = DEFAULT_KNN,
+        alpha: float = DEFAULT_ALPHA,
     ) -> tuple[Any, LabelledSet]:
         snapshot = self.pc.store.snapshot(kind)
         key = (snapshot.version, snapshot.digest, method, label, kind)
-        key += (knn if method in ("knn", "ensemble") else None,)
+        key += (knn if method in ("knn", "ensemble") else None, alpha)
 
         def fit() -> tuple[Any, LabelledSet]:
             if method == "tiles":
                 return _fit_tiles(self.pc, label)
             data = labelled_set(self.pc, label, kind)
             if method in PERSISTED:
-                return self._load_or_fit(method, kind, data, knn), data
-            return self._fit(method, data, knn), data
+                return self._load_or_fit(method, kind, data, knn, alpha), data
+            return self._fit(method, label, kind, data, knn, alpha), data
 
         # under the cache's lock: the UI warm-up thread and a first user never fit twice
         return self._cache.get_or_make(key, fit)
 
-    def _fit(self, method: str, data: LabelledSet, knn: KnnOptions) -> Any:
-        space = self.pc.joint_space() if method in (*TEXT_METHODS, "ensemble") else None
-        model = build_classifier(method, data, space, knn)
-        return model.fit(data.X, data.y, groups=data.groups)
+    def _fit(
+        self, method: str, label: str, kind: str, data: LabelledSet, knn: KnnOptions, alpha: float
+    ) -> Any:
+        space = space_for = None
+        if method in (*TEXT_METHODS, "ensemble"):
+            space, space_for = self.pc.joint_space(), self._spaces(label, kind, data).for_rows
+        model = build_classifier(method, data, space, knn, alpha=alpha, space_for=space_for)
+        # salt-free group names: the inner folds (C, calibration) do not change with the salt
+        return model.fit(data.X, data.y, groups=data.fold_groups)
+
+    def _spaces(self, label: str, kind: str, data: LabelledSet) -> Any:
+        """Text spaces fitted on subsets of ``data`` (calibration folds), shared by the text
+        methods of one label so each subset's aligner is trained once."""
+        from priorcase.evaluation.experiment import FoldSpaces
+
+        key = (self.pc.store.snapshot(kind).digest, "spaces", label, kind)
+        return self._cache.get_or_make(key, lambda: FoldSpaces(self.pc, data))
+
+    def reference(
+        self, vector: np.ndarray, kind: str = "image", exclude_group: str | None = None
+    ) -> tuple[Reference, list[SearchHit]]:
+        """Where the query's best match (its own patient left out) sits in the library's
+        leave-one-patient-out distribution, and that match."""
+        hits = self.pc.searcher.search(vector, 1, kind, exclude_group=exclude_group)
+        top = hits[0].score if hits else None
+        return self.pc.reference.assess_image(top, kind), hits
 
     def classify(
         self,
@@ -261,12 +396,14 @@ class LibraryClassifiers:
         knn: KnnOptions = DEFAULT_KNN,
         exclude_group: str | None = None,
         query_id: str | None = None,
+        alpha: float = DEFAULT_ALPHA,
     ) -> Classification:
-        """Probabilities per method for one image-space vector.
+        """Calibrated probabilities and a conformal set per method for one image-space vector.
 
-        ``exclude_group`` (the query's patient) keeps that patient's cases out of the kNN vote;
-        ``query_id`` names a stored query, flagged where a trained head has seen it. A method
-        that fails (e.g. text prompts without labels) reports its error and the others go on.
+        ``exclude_group`` (the query's patient) keeps that patient's cases out of the kNN vote
+        and of the reference check; ``query_id`` names a stored query, flagged where a trained
+        head has seen it. With no close reference every method abstains (no probabilities). A
+        method that fails (e.g. text prompts without labels) reports its error; others go on.
         """
         knn = replace(knn, k=check_k(knn.k))
         manifest = self.pc.store.manifest
@@ -277,13 +414,27 @@ class LibraryClassifiers:
             )
         query = np.asarray(vector, dtype=np.float32)[None, :]
         groups = None if exclude_group is None else np.array([exclude_group], dtype=object)
-        result = Classification(label, [], query_in_library=query_id)
+        reference, _ = self.reference(query[0], kind, exclude_group)
+        result = Classification(
+            label, [], reference=reference, alpha=alpha, query_in_library=query_id
+        )
+        figures = self.evaluated(label, kind)
         for method in methods:
-            prediction = MethodPrediction(method)
+            prediction = MethodPrediction(method, evaluated=figures.get(method))
+            if result.abstain:
+                prediction.explanation = "abstains: no close reference in the library"
+                result.predictions.append(prediction)
+                continue
             try:
-                model, data = self.fitted(method, label, kind, knn)
+                model, data = self.fitted(method, label, kind, knn, alpha)
+                groups = None
+                if exclude_group is not None:
+                    salt_free = dict(
+                        zip(data.groups.tolist(), data.fold_groups.tolist(), strict=True)
+                    )
+                    groups = np.array([salt_free.get(exclude_group, exclude_group)], dtype=object)
+                proba = model.predict_proba(query, groups)[0]
                 if method == "knn":
-                    proba = model.predict_proba(query, groups)[0]
                     prediction.explanation = model.explain(query, groups)[0]
                     if groups is not None:
                         prediction.explanation += " (same patient excluded)"
@@ -301,17 +452,68 @@ class LibraryClassifiers:
                     if groups is not None:
                         prediction.explanation += " (same patient excluded from its kNN vote)"
                 else:
-                    proba = model.predict_proba(query)[0]
                     prediction.explanation = _explain(method, model, data, query, proba, query_id)
+                classes = [str(c) for c in model.classes_]
                 prediction.probabilities = {
-                    str(c): float(p) for c, p in zip(model.classes_, proba, strict=True)
+                    c: float(p) for c, p in zip(classes, proba, strict=True)
                 }
+                members = model.sets_from_proba(proba[None, :])[0]
+                prediction.prediction_set = [c for c, m in zip(classes, members, strict=True) if m]
+                prediction.calibrated = bool(model.calibrated_)
+                prediction.prior_like = bool(
+                    0.5 * np.abs(proba - model.prior_).sum() < PRIOR_TOLERANCE
+                )
+                if prediction.prior_like:
+                    prediction.explanation += "; its output equals the library's class prior"
             except (PriorcaseError, ValueError) as err:
                 prediction.error = str(err).splitlines()[0] if str(err) else type(err).__name__
             result.predictions.append(prediction)
         return result
 
-    def _load_or_fit(self, method: str, kind: str, data: LabelledSet, knn: KnnOptions) -> Any:
+    # ------------------------------------------------------------------ evaluated figures
+    def _figures_path(self, label: str, kind: str) -> Path:
+        """Named by the content of the rows evaluated (not the version number, which LanceDB
+        restarts when a table is recreated)."""
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+        digest = self.pc.store.snapshot(kind).digest[:16]
+        return self.pc.store.db_dir / "evaluation" / f"{kind}-{safe}-{digest}.json"
+
+    def evaluated(self, label: str, kind: str = "image") -> dict[str, dict[str, Any]]:
+        """Cross-validated {auc, accuracy, n} per method on this table version, if computed."""
+        path = self._figures_path(label, kind)
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def evaluate(
+        self, label: str, methods: tuple[str, ...], kind: str = "image"
+    ) -> dict[str, dict[str, Any]]:
+        """Compute (once per table version) and store the methods' cross-validated figures."""
+        from priorcase.evaluation.experiment import cross_validate
+
+        figures = self.evaluated(label, kind)
+        missing = [m for m in methods if m not in figures]
+        if missing:
+            evaluation = cross_validate(
+                self.pc, label, missing, kind=kind, n_boot=0, progress=False, nuisance=False
+            )
+            for r in evaluation.results:
+                figures[r.method] = {"auc": r.auc, "accuracy": r.accuracy, "n": r.n}
+            path = self._figures_path(label, kind)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for old in path.parent.glob(f"{kind}-*.json"):
+                if old != path:
+                    old.unlink(missing_ok=True)
+            text = json.dumps(figures)
+            atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        return figures
+
+    def _load_or_fit(
+        self, method: str, kind: str, data: LabelledSet, knn: KnnOptions, alpha: float
+    ) -> Any:
         """A saved head fitted on exactly ``data`` with this encoder, else fitted and saved.
 
         The file name holds a digest of the training rows, targets, groups, the encoder's
@@ -322,7 +524,7 @@ class LibraryClassifiers:
         assert manifest is not None
         weights = manifest.encoder["weights_sha256"]
         digest = content_digest(
-            data.ids, data.X, data.y, data.groups, data.positive, method, weights
+            data.ids, data.X, data.y, data.fold_groups, data.positive, method, alpha, weights
         )
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in data.label)
         prefix = f"{kind}-{safe}-{method}-"
@@ -341,7 +543,7 @@ class LibraryClassifiers:
         return load_or_build(
             path,
             load,
-            lambda: self._fit(method, data, knn),
+            lambda: self._fit(method, data.label, kind, data, knn, alpha),
             save,
             notify=self.pc._notify,
             stale=lambda old: old.name.startswith(prefix) and old.suffix == ".joblib",

@@ -86,17 +86,27 @@ def test_classify_json_gives_probabilities_and_voters(library, capsys) -> None:
             "--label",
             "texture",
             "--method",
-            "knn,logreg,svm,zeroshot,similarity,ensemble",
+            "knn,logreg,svm,zeroshot",  # similarity/ensemble: test_trust (slow)
             "--json",
         ],
     )
-    assert out["encoder"] == "bundled" and out["label"] == "texture"
-    by_method = {m["method"]: m for m in out["methods"]}
-    assert set(by_method) == {"knn", "logreg", "svm", "zeroshot", "similarity", "ensemble"}
+    # the contract: query, library, reference, abstain, predictions
+    assert out["query"] == str(query) and out["label"] == "texture"
+    assert set(out["library"]) == {"version", "encoder", "weights_sha256", "priorcase"}
+    assert out["library"]["encoder"] == "bundled" and len(out["library"]["weights_sha256"]) == 64
+    assert set(out["reference"]) == {"top_score", "percentile", "status"}
+    assert out["reference"]["status"] == "ok" and out["abstain"] is False
+    assert out["abstain_reason"] is None
+    by_method = {m["method"]: m for m in out["predictions"]}
+    assert set(by_method) == {"knn", "logreg", "svm", "zeroshot"}
     for method in by_method.values():
         assert method["error"] is None, method
         assert set(method["probabilities"]) == set(CLASSES)
         assert sum(method["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert method["calibrated"] is True and method["evaluated"] is None
+        assert method["prediction_set"] and set(method["prediction_set"]) <= set(CLASSES)
+        top = max(method["probabilities"], key=method["probabilities"].get)
+        assert top in method["prediction_set"]
     for method in ("knn", "logreg", "svm"):
         probs = by_method[method]["probabilities"]
         assert max(probs, key=probs.get) == "disc", (method, probs)
@@ -225,9 +235,9 @@ def test_knn_options_change_the_vote(library, capsys) -> None:
         "15",
         "--json",
     ]
-    uniform = run_json(capsys, args)["methods"][0]["probabilities"]
+    uniform = run_json(capsys, args)["predictions"][0]["probabilities"]
     weighted = run_json(
         capsys, [*args, "--knn-weights", "similarity", "--knn-temperature", "0.01"]
-    )["methods"][0]["probabilities"]
+    )["predictions"][0]["probabilities"]
     assert uniform != weighted
     assert max(weighted, key=weighted.get) == "stripes"

@@ -106,7 +106,9 @@ def test_search_json_contract(tiny_db, capsys) -> None:
     assert code == 0
     payload = json.loads(out)  # exactly one JSON document on stdout
     assert out.strip().count("\n") == 0
-    assert set(payload) == {"encoder", "results"} and payload["encoder"] == TINY_SPEC
+    assert set(payload) == {"encoder", "library", "reference", "warning", "results"}
+    assert payload["encoder"] == TINY_SPEC and payload["library"]["encoder"] == TINY_SPEC
+    assert set(payload["reference"]) == {"top_score", "percentile", "status"}
     results = payload["results"]
     assert len(results) == 3 and results[0]["id"] == "img002" and results[0]["score"] > 0.99
     for hit in results:
@@ -134,7 +136,7 @@ def test_search_table_output_and_filters(tiny_db, capsys) -> None:
                  "--exclude-same-patient"])  # fmt: skip
     out = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert out[0].split() == ["#", "id", "score", "kind", "labels"]
+    assert out[0].split() == ["#", "id", "score", "(pct)", "kind", "labels"]
     assert [line.split()[1] for line in out[1:]] == ["img002"]  # img001 is patient A
     code = main(["search", "--db", str(db), "--id", "img000", "--where", "tissue = 'Z'"])
     assert code == 0 and capsys.readouterr().out.strip() == "no matching cases"

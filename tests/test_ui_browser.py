@@ -14,7 +14,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -388,3 +390,36 @@ def _status_code_post(url: str, data: bytes) -> int:
             return r.status
     except urllib.error.HTTPError as err:
         return err.code
+
+
+def test_unlike_upload_abstains_and_a_new_query_clears_the_panel(page, server, tmp_path):
+    noise = tmp_path / "noise.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8)).save(noise)
+    _open(page, server)
+    page.locator("#query-upload input[type=file]").set_input_files(str(noise))
+    _wait_status(page, "Unusual query for this library")
+    page.get_by_role("tab", name="Classification").click()
+    headline = page.locator("#classify-headline")
+    headline.get_by_text("No close reference in the library").wait_for()
+    assert "noise.png" in headline.inner_text()  # the panel names its query
+    assert "nearest cases are" not in page.locator("#explain-knn").inner_text()
+    _shot(page, "classification-abstains")
+    # a text search has no image: the previous answer must not stay on screen
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#text-query textarea").fill("dense glandular breast")
+    page.locator("#text-search").click()
+    _wait_status(page, "matching the description")
+    page.get_by_role("tab", name="Classification").click()
+    headline.get_by_text("the panel is empty").wait_for()
+    assert "noise.png" not in headline.inner_text()
+    # a library case answers again, and the panel names the new query
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#case-id input").fill(QUERY)
+    page.locator("#id-search").click()
+    _wait_status(page, f"nearest cases to {QUERY}")
+    page.get_by_role("tab", name="Classification").click()
+    headline.get_by_text(QUERY).first.wait_for()
+    assert "noise.png" not in headline.inner_text()
+    page.locator("#bar-knn").get_by_text("prediction set").wait_for()
+    _shot(page, "classification-calibrated")

@@ -40,7 +40,7 @@ def make_classifier(
         members: list[tuple[str, Any]] = [
             ("knn", KNNVoteClassifier(weights="similarity")),
             ("logreg", LogisticHead()),
-            ("svm", SVMHead()),
+            ("svm", SVMHead(calibrate=False)),  # the ensemble as a whole is calibrated
         ]
         if space is not None:
             members.append(("similarity", SimilarityGuidedHead(space, column=column)))

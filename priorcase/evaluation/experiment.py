@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sklearn.base import clone
 
 from priorcase.classifiers import METHODS
 from priorcase.classifiers.alignment import ContrastiveAligner
+from priorcase.classifiers.calibration import GroupCalibrated
 from priorcase.classifiers.joint_space import JointSpace
 from priorcase.classifiers.tiles import TileData, TileMILClassifier
 from priorcase.errors import PriorcaseError, QueryError
@@ -19,14 +21,16 @@ from priorcase.evaluation.metrics import (
     RetrievalMetrics,
     default_positive,
     evaluate_probabilities,
+    nested_threshold_table,
     retrieval_metrics,
     subgroup_table,
-    threshold_table,
 )
+from priorcase.evaluation.nuisance import NuisanceHead, nuisance_features
 from priorcase.evaluation.runner import cross_val_proba, holdout_proba
-from priorcase.evaluation.splits import grouped_folds
+from priorcase.evaluation.splits import FOLD_SEED, grouped_folds
 from priorcase.index.vector_index import VectorIndex
 from priorcase.library import (
+    DEFAULT_ALPHA,
     DEFAULT_KNN,
     TEXT_METHODS,
     KnnOptions,
@@ -88,7 +92,7 @@ def resolve_methods(method: str) -> list[str]:
     return chosen
 
 
-class _FoldSpaces:
+class FoldSpaces:
     """Joint text-image space per training set: the bundled encoder's aligner is fitted on
     training rows' reports only, so no evaluated image ever shapes the text space."""
 
@@ -116,29 +120,77 @@ class _FoldSpaces:
         return self._cache[key]
 
 
-def _binary_score(
-    y: np.ndarray, proba: np.ndarray, classes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, str]:
-    positive = default_positive(list(classes))
-    column = list(classes).index(positive)
-    return (y == positive).astype(int), proba[:, column], str(positive)
+def positive_class(data: LabelledSet, classes: np.ndarray) -> tuple[str | None, str]:
+    """The positive class of a binary task and how it was chosen (said in every output)."""
+    if len(classes) != 2:
+        return None, "multiclass: no positive class"
+    if data.positive:
+        return str(default_positive(list(classes))), "--positive"
+    counts = [int((data.y == c).sum()) for c in classes]
+    chosen = str(default_positive(list(classes), counts))
+    return chosen, "default: the class not named like 'normal', else the rarer (set --positive)"
 
 
-def _extras(
+class _FoldRecorder:
+    """Per outer fold: conformal sets and operating points chosen on that fold's training rows
+    (the calibrator's out-of-fold predictions), applied to its held-out rows."""
+
+    def __init__(
+        self,
+        n: int,
+        classes: np.ndarray,
+        y: np.ndarray,
+        positive: str | None,
+        y_train: np.ndarray | None = None,
+    ) -> None:
+        self.sets = np.zeros((n, len(classes)), dtype=bool)
+        self.has_sets = True
+        self.calibrated: list[bool] = []
+        self.folds: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.y = y
+        self.y_train = y if y_train is None else y_train  # holdout: the library's labels
+        self.classes = classes
+        self.positive = positive
+
+    def __call__(self, est: Any, train: np.ndarray, test: np.ndarray, proba: np.ndarray) -> None:
+        if not isinstance(est, GroupCalibrated):
+            self.has_sets = False
+            return
+        self.calibrated.append(bool(est.calibrated_))
+        self.sets[test] = est.sets_from_proba(proba)
+        if self.positive is None or self.positive not in est.classes_.tolist():
+            return
+        rows = est.oof_rows_
+        col = est.classes_.tolist().index(self.positive)
+        train_pos = self.y_train[train][rows] == self.positive
+        test_col = self.classes.tolist().index(self.positive)
+        self.folds.append(
+            (
+                train_pos,
+                est.oof_proba_[rows, col],
+                self.y[test] == self.positive,
+                proba[:, test_col],
+            )
+        )
+
+    def thresholds(self) -> list[dict[str, Any]]:
+        if not self.folds:
+            return []
+        return [{**r, "positive": self.positive} for r in nested_threshold_table(self.folds)]
+
+
+def _subgroups(
     evaluation: Evaluation,
     method: str,
     data: LabelledSet,
     proba: np.ndarray,
     classes: np.ndarray,
     by: dict[str, np.ndarray],
+    positive: str | None,
 ) -> None:
-    if len(classes) == 2:
-        is_pos, score, positive = _binary_score(data.y, proba, classes)
-        rows = threshold_table(is_pos, score)
-        evaluation.thresholds[method] = [{**r, "positive": positive} for r in rows]
     for column, values in by.items():
         evaluation.subgroups[f"{method} by {column}"] = subgroup_table(
-            data.y, proba, classes, values
+            data.y, proba, classes, values, positive
         )
 
 
@@ -164,38 +216,68 @@ def cross_validate(
     knn: KnnOptions = DEFAULT_KNN,
     n_boot: int = 1000,
     progress: bool = True,
+    alpha: float = DEFAULT_ALPHA,
+    nuisance: bool | None = None,
 ) -> Evaluation:
-    """Out-of-fold results for each method; folds grouped by the index's grouping key."""
+    """Out-of-fold results for each method (calibrated, with conformal sets and nested operating
+    points). Folds are grouped by a salt-free digest of each patient's files (see
+    :func:`grouped_folds`). ``nuisance`` (default: for ROI rows) adds the geometry-only
+    baseline."""
     data = labelled_set(pc, label, kind, where, positive)
     if len(set(data.y.tolist())) < 2:
         raise QueryError(f"column {label!r} has a single class among the selected rows")
-    folds = grouped_folds(data.y, data.groups, n_splits=n_splits)
-    spaces = _FoldSpaces(pc, data)
-    retrieval = retrieval_metrics(data.X, data.y, data.groups, exclude_same_group=True)
-    evaluation = _new_evaluation(pc, data, "cv", kind, where, n_splits=len(folds))
+    # everything downstream (inner CV, bootstrap) sees salt-free group names
+    groups = data.fold_groups
+    folds = grouped_folds(data.y, groups, n_splits=n_splits, random_state=FOLD_SEED)
+    spaces = FoldSpaces(pc, data)
+    retrieval = retrieval_metrics(data.X, data.y, groups, exclude_same_group=True)
+    evaluation = _new_evaluation(pc, data, "cv", kind, where, n_splits=len(folds), alpha=alpha)
     subgroups = _subgroup_values(pc, data, by or [], kind)
+    classes = np.unique(data.y)
+    pos, how = positive_class(data, classes)
+    evaluation.meta["positive"], evaluation.meta["positive_chosen_by"] = pos, how
     tile_data = _tile_data(pc, kind) if TILES in methods else None
-    for method in methods:
+    runs: list[tuple[str, Any, np.ndarray | None]] = [(m, None, data.X) for m in methods]
+    if nuisance if nuisance is not None else kind == "roi":
+        runs.append(("nuisance", GroupCalibrated(NuisanceHead(), alpha=alpha), None))
+    for method, fixed, X in runs:
+        if X is None:
+            X = nuisance_features(pc, data.ids)
+        if method == TILES:
+            X = data.ids  # the tile head looks its films' tiles up by id
 
-        def make(train_idx: np.ndarray, method: str = method) -> Any:
+        def make(train_idx: np.ndarray, method: str = method, fixed: Any = fixed) -> Any:
+            if fixed is not None:
+                return clone(fixed)
             if method == TILES:
                 return TileMILClassifier(tile_data)
             space = spaces.for_rows(train_idx) if method in SPACE_METHODS else None
-            return build_classifier(method, data, space, knn)
+            return build_classifier(
+                method, data, space, knn, alpha=alpha, space_for=spaces.for_rows, rows=train_idx
+            )
 
-        X = data.ids if method == TILES else data.X
-        proba, classes = cross_val_proba(make, X, data.y, data.groups, folds, progress=progress)
+        recorder = _FoldRecorder(len(data.y), classes, data.y, pos)
+        proba, classes_ = cross_val_proba(
+            make, X, data.y, groups, folds, progress=progress, on_fold=recorder
+        )
         result = evaluate_probabilities(
             data.y,
             proba,
-            classes,
+            classes_,
             method,
-            groups=data.groups,
+            groups=groups,
             n_boot=n_boot,
+            positive=pos,
             retrieval=retrieval,
+            sets=recorder.sets if recorder.has_sets else None,
+            alpha=alpha,
+            calibrated=bool(recorder.calibrated) and all(recorder.calibrated),
         )
         evaluation.results.append(result)
-        _extras(evaluation, method, data, proba, classes, subgroups)
+        thresholds = recorder.thresholds()
+        if thresholds:
+            evaluation.thresholds[method] = thresholds
+        _subgroups(evaluation, method, data, proba, classes_, subgroups, pos)
     return evaluation
 
 
@@ -211,8 +293,10 @@ def holdout(
     knn: KnnOptions = DEFAULT_KNN,
     n_boot: int = 1000,
     progress: bool = True,
+    alpha: float = DEFAULT_ALPHA,
 ) -> Evaluation:
-    """The index is the reference library; query images are embedded, never stored."""
+    """The index is the reference library; query images are embedded, never stored.
+    Calibration, conformal sets and operating points come from the library alone."""
     from priorcase.ingest.labels import read_labels
     from priorcase.ingest.readers import iter_image_files
 
@@ -249,18 +333,38 @@ def holdout(
     )
     # the library's own text space (fitted on the library, never on the queries)
     space = pc.joint_space() if any(m in SPACE_METHODS for m in methods) else None
-    evaluation = _new_evaluation(pc, test, "holdout", kind, where)
+    evaluation = _new_evaluation(pc, test, "holdout", kind, where, alpha=alpha)
     evaluation.meta["library_rows"] = len(library.y)
     evaluation.meta["query_failures"] = failures
+    classes = np.unique(library.y)
+    pos, how = positive_class(library, classes)
+    evaluation.meta["positive"], evaluation.meta["positive_chosen_by"] = pos, how
     retrieval = _holdout_retrieval(library, test)
+    lib_groups = library.fold_groups
     for method in methods:
-        model = build_classifier(method, library, space, knn)
-        proba, classes = holdout_proba(model, library.X, library.y, library.groups, test.X)
+        model = build_classifier(
+            method, library, space, knn, alpha=alpha, space_for=FoldSpaces(pc, library).for_rows
+        )
+        proba, classes_ = holdout_proba(model, library.X, library.y, lib_groups, test.X)
+        recorder = _FoldRecorder(len(test.y), classes_, test.y, pos, y_train=library.y)
+        recorder(model, np.arange(len(library.y)), np.arange(len(test.y)), proba)
         result = evaluate_probabilities(
-            test.y, proba, classes, method, groups=test.groups, n_boot=n_boot, retrieval=retrieval
+            test.y,
+            proba,
+            classes_,
+            method,
+            groups=test.groups,
+            n_boot=n_boot,
+            positive=pos,
+            retrieval=retrieval,
+            sets=recorder.sets,
+            alpha=alpha,
+            calibrated=bool(model.calibrated_),
         )
         evaluation.results.append(result)
-        _extras(evaluation, method, test, proba, classes, {})
+        thresholds = recorder.thresholds()
+        if thresholds:
+            evaluation.thresholds[method] = thresholds
     return evaluation
 
 
@@ -285,6 +389,8 @@ def _holdout_retrieval(library: LabelledSet, test: LabelledSet, ks=(1, 5, 10)) -
 def _new_evaluation(
     pc: PriorCase, data: LabelledSet, mode: str, kind: str, where: str | None, **meta
 ) -> Evaluation:
+    from priorcase import __version__
+
     manifest = pc.store.manifest
     assert manifest is not None
     counts = {str(c): int((data.y == c).sum()) for c in sorted(set(data.y.tolist()))}
@@ -297,6 +403,11 @@ def _new_evaluation(
         meta={
             "index": str(pc.store.db_dir),
             "encoder": manifest.encoder_spec,
+            "encoder_weights_sha256": manifest.encoder["weights_sha256"],
+            "table_version": pc.store.version,
+            "fold_seed": FOLD_SEED,
+            "folds": "StratifiedGroupKFold over groups named by a digest of their files",
+            "priorcase": __version__,
             "group_column": manifest.group_column,
             "where": where,
             "class_counts": counts,

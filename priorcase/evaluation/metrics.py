@@ -55,6 +55,13 @@ class MethodResult:
     roc: dict[str, Any] = field(default_factory=dict)
     n: int = 0
     positive: str | None = None
+    ece: float | None = None
+    brier: float | None = None
+    coverage: float | None = None
+    mean_set_size: float | None = None
+    alpha: float | None = None
+    calibrated: bool | None = None
+    reliability: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (NaN and infinities become None)."""
@@ -78,15 +85,61 @@ def _json_ready(obj: Any) -> Any:
     return obj
 
 
-def default_positive(classes: Sequence[Any]) -> Any:
-    """The positive class of a binary problem: the "X" of a ("not X", "X") pair from
-    :func:`binarize_labels`, else ``classes[1]`` (scikit-learn's convention)."""
+# Class names that mean "nothing found": never the default positive class.
+NEGATIVE_NAMES = frozenset({"normal", "norm", "n", "negative", "no", "0", "false", "none"})
+
+
+def default_positive(classes: Sequence[Any], counts: Sequence[int] | None = None) -> Any:
+    """The positive class of a binary problem when none is named.
+
+    The "X" of a ("not X", "X") pair from :func:`binarize_labels`; else the class whose name
+    is not a "normal"-like one; else the rarer class (``counts`` in ``classes`` order); else
+    ``classes[1]``. The caller must say which class it took (outputs name it).
+    """
     a, b = (str(c) for c in classes)
     if a == f"not {b}":
         return classes[1]
     if b == f"not {a}":
         return classes[0]
+    negative = [str(c).strip().lower() in NEGATIVE_NAMES for c in classes]
+    if negative[0] != negative[1]:
+        return classes[1] if negative[0] else classes[0]
+    if counts is not None and counts[0] != counts[1]:
+        return classes[int(np.argmin(counts))]
     return classes[1]
+
+
+def expected_calibration_error(
+    y: np.ndarray, proba: np.ndarray, classes: Sequence[Any], n_bins: int = 10
+) -> tuple[float, dict[str, list[float]]]:
+    """Top-label ECE over ``n_bins`` equal-width confidence bins, and the reliability table
+    (per non-empty bin: mean confidence, accuracy, count)."""
+    classes_arr = np.asarray(list(classes), dtype=object)
+    conf = proba.max(axis=1)
+    correct = (classes_arr[np.argmax(proba, axis=1)] == np.asarray(y, dtype=object)).astype(float)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece, table = 0.0, {"confidence": [], "accuracy": [], "count": []}
+    for b in range(n_bins):
+        m = bins == b
+        if not m.any():
+            continue
+        ece += m.mean() * abs(conf[m].mean() - correct[m].mean())
+        table["confidence"].append(float(conf[m].mean()))
+        table["accuracy"].append(float(correct[m].mean()))
+        table["count"].append(int(m.sum()))
+    return float(ece), table
+
+
+def brier_score(y: np.ndarray, proba: np.ndarray, classes: Sequence[Any]) -> float:
+    """Multiclass Brier score: mean over rows of sum over classes of (p - 1[y = class])^2."""
+    onehot = np.asarray(y, dtype=object)[:, None] == np.asarray(list(classes), dtype=object)
+    return float(((proba - onehot) ** 2).sum(axis=1).mean())
+
+
+def set_metrics(y: np.ndarray, sets: np.ndarray, classes: Sequence[Any]) -> tuple[float, float]:
+    """(coverage, mean set size) of boolean prediction sets (n, n_classes)."""
+    onehot = np.asarray(y, dtype=object)[:, None] == np.asarray(list(classes), dtype=object)
+    return float((sets & onehot).any(axis=1).mean()), float(sets.sum(axis=1).mean())
 
 
 def _auc_binary(is_pos: np.ndarray, score: np.ndarray) -> float | None:
@@ -188,12 +241,17 @@ def evaluate_probabilities(
     random_state: int = 0,
     positive: Any | None = None,
     retrieval: RetrievalMetrics | None = None,
+    sets: np.ndarray | None = None,
+    alpha: float | None = None,
+    calibrated: bool | None = None,
 ) -> MethodResult:
     """Score class probabilities ``proba`` (columns in ``classes`` order) against ``y_true``.
 
     Binary AUC uses ``positive`` (default: :func:`default_positive`); multiclass AUC is
     one-vs-rest macro. The 95% CI resamples ``groups`` (patients) when given, else rows.
     Predictions are the argmax class. ``retrieval`` fills ``precision_at_k`` and ``map``.
+    ECE (10-bin, top-label) and Brier are always scored; ``sets`` (boolean prediction sets,
+    e.g. conformal at level ``1 - alpha``) give coverage and mean set size.
     """
     y = np.asarray(y_true, dtype=object)
     proba = np.asarray(proba, dtype=np.float64)
@@ -205,11 +263,17 @@ def evaluate_probabilities(
     groups = None if groups is None else np.asarray(groups)
     pos = None
     if len(classes_arr) == 2:
-        pos = default_positive(list(classes_arr)) if positive is None else positive
+        counts = [int((y == c).sum()) for c in classes_arr]
+        pos = default_positive(list(classes_arr), counts) if positive is None else positive
         if pos not in set(classes_arr.tolist()):
             raise ValueError(f"positive class {pos!r} is not one of {classes_arr.tolist()}")
 
     auc = _auc(y, proba, classes_arr, pos)
+    ece, reliability = expected_calibration_error(y, proba, classes_arr) if len(y) else (None, {})
+    brier = brier_score(y, proba, classes_arr) if len(y) else None
+    coverage = set_size = None
+    if sets is not None and len(y):
+        coverage, set_size = set_metrics(y, sets, classes_arr)
     ci = _bootstrap_auc_ci(y, proba, classes_arr, pos, groups, n_boot, random_state)
     y_pred = classes_arr[np.argmax(proba, axis=1)] if len(y) else y
     # True labels the model never saw still get confusion rows.
@@ -250,6 +314,13 @@ def evaluate_probabilities(
         },
         n=len(y),
         positive=None if pos is None else str(pos),
+        ece=ece,
+        brier=brier,
+        coverage=coverage,
+        mean_set_size=set_size,
+        alpha=alpha if sets is not None else None,
+        calibrated=calibrated,
+        reliability=reliability,
     )
 
 
@@ -358,6 +429,48 @@ def threshold_table(
         i = int(np.flatnonzero(fpr <= 1 - sp + 1e-12)[-1])
         rows.append(_operating_row(f"specificity >= {sp:g}", thr[i], is_pos, score))
     return rows
+
+
+def nested_threshold_table(
+    folds: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    sensitivities: Sequence[float] = (0.8, 0.9, 0.95),
+    specificities: Sequence[float] = (0.9,),
+) -> list[dict[str, Any]]:
+    """Operating points chosen inside the training folds, scored on the held-out folds.
+
+    ``folds`` holds, per outer fold, ``(train_is_pos, train_score, test_is_pos, test_score)``
+    where the training scores are out-of-fold predictions within that fold's training rows.
+    Each target's threshold is chosen on the training scores (as :func:`threshold_table`
+    would) and applied to the fold's held-out rows; counts are pooled over folds, and
+    ``thresholds`` lists the per-fold values (``threshold`` is their median).
+    """
+    per_target: dict[str, list[dict[str, Any]]] = {}
+    for train_pos, train_score, test_pos, test_score in folds:
+        chosen = threshold_table(train_pos, train_score, sensitivities, specificities)
+        for row in chosen:
+            applied = _operating_row(
+                row["target"], row["threshold"], np.asarray(test_pos, bool), test_score
+            )
+            per_target.setdefault(row["target"], []).append(applied)
+    out = []
+    for target, rows in per_target.items():
+        tp, fp, tn, fn = (sum(r[k] for r in rows) for k in ("TP", "FP", "TN", "FN"))
+        thresholds = [r["threshold"] for r in rows]
+        out.append(
+            {
+                "target": target,
+                "threshold": float(np.median(thresholds)),
+                "thresholds": thresholds,
+                "sensitivity": tp / (tp + fn) if tp + fn else math.nan,
+                "specificity": tn / (tn + fp) if tn + fp else math.nan,
+                "TP": tp,
+                "FP": fp,
+                "TN": tn,
+                "FN": fn,
+                "chosen_on": "training folds (out-of-fold predictions)",
+            }
+        )
+    return out
 
 
 def subgroup_table(

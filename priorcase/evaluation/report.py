@@ -48,13 +48,28 @@ def _k_columns(results: Sequence[MethodResult]) -> list[str]:
 
 def _rows(results: Sequence[MethodResult]) -> tuple[list[str], list[list[str]]]:
     ks = _k_columns(results)
-    header = ["method", "AUC [95% CI]", "accuracy", "bal. accuracy", *ks, "mAP"]
+    header = [
+        "method",
+        "AUC [95% CI]",
+        "accuracy",
+        "bal. accuracy",
+        "ECE",
+        "Brier",
+        "coverage",
+        "set size",
+        *ks,
+        "mAP",
+    ]
     body = [
         [
             r.method,
             _auc_text(r),
             _fmt(r.accuracy),
             _fmt(r.balanced_accuracy),
+            _fmt(r.ece),
+            _fmt(r.brier),
+            _fmt(r.coverage),
+            _fmt(r.mean_set_size, 2),
             *[_fmt(r.precision_at_k.get(k)) for k in ks],
             _fmt(r.map),
         ]
@@ -127,6 +142,29 @@ def roc_figure(results: Sequence[MethodResult]) -> Figure | None:
         ax.set_title(f"{r.method}: one-vs-rest ROC")
         ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def reliability_figure(results: Sequence[MethodResult]) -> Figure | None:
+    """Top-label reliability: accuracy against mean confidence per 10-bin, one line a method
+    (marker area ~ rows in the bin); the diagonal is perfect calibration."""
+    with_bins = [r for r in results if r.reliability.get("confidence")]
+    if not with_bins:
+        return None
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    for r in with_bins:
+        rel = r.reliability
+        sizes = 8 + 120 * np.asarray(rel["count"]) / max(1, r.n)
+        line = ax.plot(rel["confidence"], rel["accuracy"], label=f"{r.method} (ECE {_fmt(r.ece)})")
+        ax.scatter(rel["confidence"], rel["accuracy"], s=sizes, color=line[0].get_color())
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("mean predicted probability of the top class")
+    ax.set_ylabel("fraction correct")
+    ax.set_title("Reliability (top label, 10 bins)")
+    ax.legend(loc="upper left", fontsize=8)
     return fig
 
 
@@ -206,6 +244,10 @@ def write_html_report(
     roc = roc_figure(results)
     if roc is not None:
         parts.append(f"<h2>ROC curves</h2><img alt='ROC curves' src=\"{_png_data_uri(roc)}\">")
+    reliability = reliability_figure(results)
+    if reliability is not None:
+        uri = _png_data_uri(reliability)
+        parts.append(f"<h2>Reliability diagram</h2><img alt='reliability diagram' src=\"{uri}\">")
     if results:
         parts.append("<h2>Confusion matrices</h2><div class='figs'>")
         for r in results:

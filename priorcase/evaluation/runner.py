@@ -38,6 +38,7 @@ def cross_val_proba(
     groups: np.ndarray | None,
     folds: Sequence[tuple[np.ndarray, np.ndarray]],
     progress: bool = True,
+    on_fold: Callable[[Any, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold probabilities ``(proba (n, n_classes), classes)``; classes = sorted labels.
 
@@ -45,6 +46,8 @@ def cross_val_proba(
     indices so fold-specific parts (e.g. a text aligner) are fitted on training rows only.
     ``groups`` goes to ``fit`` / ``predict_proba`` where they accept it. Classes missing from
     a fold's training rows get probability 0 there; rows in no test fold stay NaN.
+    ``on_fold(fitted_estimator, train_idx, test_idx, test_proba)`` sees every fold (e.g. to
+    apply thresholds or prediction sets the fold's own training rows chose).
     """
     X = np.asarray(X)
     y = np.asarray(y)
@@ -68,6 +71,8 @@ def cross_val_proba(
         out = np.zeros((len(test_idx), len(classes)))
         out[:, cols] = fold_proba
         proba[test_idx] = out
+        if on_fold is not None:
+            on_fold(est, train_idx, test_idx, out)
     return proba, classes
 
 

@@ -102,6 +102,21 @@ class CaseStore:
         self._snapshots: dict[tuple[int, str | None], Snapshot] = {}
         self._lock = threading.Lock()
         self._table: lancedb.table.Table | None = None
+        self._pinned: int | None = None  # answer from this earlier version (search --as-of)
+
+    def pin_version(self, version: int) -> None:
+        """Read table version ``version`` (read-only) instead of the latest."""
+        table = self.table
+        if table is None:
+            raise QueryError(f"index {self.db_dir} is empty")
+        known = [int(v["version"]) for v in table.list_versions()]
+        if int(version) not in known:
+            raise QueryError(
+                f"index {self.db_dir} has no table version {version}; it has {min(known)}-"
+                f"{max(known)}"
+            )
+        table.checkout(int(version))
+        self._pinned = int(version)
 
     # ------------------------------------------------------------------ table
     @property
@@ -110,7 +125,7 @@ class CaseStore:
             if TABLE_NAME not in self._db.list_tables().tables:
                 return None
             self._table = self._db.open_table(TABLE_NAME)
-        else:
+        elif self._pinned is None:
             self._table.checkout_latest()  # see commits of other processes / handles
         return self._table
 

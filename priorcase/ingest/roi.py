@@ -1,4 +1,4 @@
-"""Regions of interest: lesion crops, and normal-tissue patches sampled inside the breast."""
+"""Regions of interest: lesion crops, and normal-tissue patches placed as lesions are."""
 
 from __future__ import annotations
 
@@ -35,34 +35,53 @@ def otsu_threshold(gray: np.ndarray) -> int:
     return int(np.nanargmax(np.nan_to_num(between, nan=-1.0)))
 
 
-def sample_normal_rois(
-    pixels: np.ndarray, count: int, radius: int, seed: int, min_tissue: float = 0.95
-) -> list[tuple[int, int, int]]:
-    """Up to ``count`` circles (x, y, radius) whose crop lies inside the breast.
-
-    The breast is the Otsu foreground; a centre qualifies when at least ``min_tissue`` of its
-    crop box is foreground, so patches never show background or the film edge. Centres are
-    drawn at random (seeded) from the qualifying ones, at least one radius apart.
-    """
+def breast_mask(pixels: np.ndarray) -> np.ndarray:
+    """Otsu foreground of a film: the breast (and any bright label), not the dark background."""
     gray = pixels if pixels.ndim == 2 else pixels.mean(axis=2).astype(np.uint8)
-    mask = gray > otsu_threshold(gray)
-    half = max(int(radius * CONTEXT_FACTOR), MIN_CROP // 2)
-    height, width = mask.shape
-    if height <= 2 * half or width <= 2 * half:
-        return []
+    return gray > otsu_threshold(gray)
+
+
+def background_fraction(pixels: np.ndarray, x: int, y: int, radius: int) -> float:
+    """Share of the crop box around (x, y, radius) that is film background."""
+    mask = breast_mask(pixels)
+    left, top, right, bottom = crop_box(mask.shape[1], mask.shape[0], x, y, radius)
+    return float(1.0 - mask[top:bottom, left:right].mean())
+
+
+def _box_sums(mask: np.ndarray, side: int) -> np.ndarray:
+    """Foreground count of every ``side`` x ``side`` box; entry (i, j) is the box at (j, i)."""
     integral = np.pad(mask.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    side = 2 * half
-    box_sum = (
+    return (
         integral[side:, side:]
         - integral[:-side, side:]
         - integral[side:, :-side]
         + integral[:-side, :-side]
     )
-    ys, xs = np.nonzero(box_sum >= min_tissue * side * side)
+
+
+def sample_normal_rois(
+    pixels: np.ndarray, count: int, radius: int, seed: int, min_tissue: float = 0.95
+) -> list[tuple[int, int, int]]:
+    """Up to ``count`` circles (x, y, radius) placed as a lesion could be.
+
+    A lesion lies in the breast but its crop box (with context) may reach past the skin line,
+    so normal patches obey the same constraint and no stricter one: the circle itself (its
+    inscribed square) is at least ``min_tissue`` breast (Otsu foreground), while the crop box
+    may hold background. Were normal crops required to be all breast, background fraction
+    alone would tell them from lesion crops (a shortcut). Centres are drawn at random (seeded)
+    from every qualifying position, so they spread over the breast as lesions do, at least
+    two radii apart.
+    """
+    mask = breast_mask(pixels)
+    height, width = mask.shape
+    inner = max(2, int(radius * 2**0.5))  # side of the square inscribed in the circle
+    if height <= inner or width <= inner:
+        return []
+    ys, xs = np.nonzero(_box_sums(mask, inner) >= min_tissue * inner * inner)
     rng = np.random.default_rng(seed)
     chosen: list[tuple[int, int, int]] = []
     for i in rng.permutation(len(ys)):
-        cx, cy = int(xs[i]) + half, int(ys[i]) + half
+        cx, cy = int(xs[i]) + inner // 2, int(ys[i]) + inner // 2
         if all((cx - px) ** 2 + (cy - py) ** 2 >= (2 * radius) ** 2 for px, py, _ in chosen):
             chosen.append((cx, cy, radius))
         if len(chosen) == count:

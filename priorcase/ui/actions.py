@@ -16,6 +16,7 @@ from priorcase.errors import ImageReadError, QueryError
 from priorcase.index.store import field_name
 from priorcase.ingest.readers import SUPPORTED_SUFFIXES, file_sha256
 from priorcase.records import SearchHit
+from priorcase.retrieval.reference import Reference, search_reference
 from priorcase.retrieval.regions import query_view
 from priorcase.ui.classify_panel import ClassifyPanel
 from priorcase.ui.library_view import LibraryMap
@@ -187,6 +188,18 @@ class Actions:
         with self._text_lock:
             self.pc.joint_space()  # fitted once per training data (see PriorCase.joint_space)
         return self.pc.search(text=text, k=int(k), kind=self.kind_arg(kind), where=where)
+
+    def search_reference(
+        self, hits: list[SearchHit], text: str | None, kind: str | None
+    ) -> tuple[Reference, str]:
+        """The search's reference status and a sentence on where its best score sits."""
+        reference, percentiles = search_reference(self.pc, hits, text, self.kind_arg(kind))
+        if not hits or percentiles[0] is None:
+            return reference, ""
+        return reference, (
+            f" Best score {hits[0].score:.3f}: percentile {percentiles[0]:.0f} of this "
+            "library's own nearest-neighbour scores."
+        )
 
     def parent_of(self, hit: SearchHit) -> SearchHit | None:
         """The whole-film row an ROI hit was cut from (thumbnail and metadata)."""

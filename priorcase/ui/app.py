@@ -18,7 +18,6 @@ import gradio as gr
 
 from priorcase.api import PriorCase
 from priorcase.errors import PriorcaseError
-from priorcase.library import MethodPrediction
 from priorcase.records import SearchHit
 from priorcase.ui.actions import (
     ALL_KINDS,
@@ -29,7 +28,7 @@ from priorcase.ui.actions import (
     Query,
     UploadError,
 )
-from priorcase.ui.classify_panel import DEFAULT_METHODS, METHOD_TITLES
+from priorcase.ui.classify_panel import DEFAULT_METHODS, METHOD_TITLES, panel_outputs
 from priorcase.ui.gallery import decode_thumbnail, detail_markdown, enlarge, gallery_items
 from priorcase.ui.library_view import label_counts, summary_markdown
 from priorcase.ui.overlays import draw_roi
@@ -110,20 +109,6 @@ def _metadata_markdown(query: Query) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in query.metadata.items())
     note = f"\n\n_{query.note}_" if query.note else ""
     return f"| field | value |\n|---|---|\n{rows}{note}"
-
-
-def _method_outputs(results: list[MethodPrediction]) -> list[Any]:
-    by_method = {r.method: r for r in results}
-    outputs: list[Any] = []
-    for method in DEFAULT_METHODS:
-        result = by_method.get(method)
-        if result is None:
-            outputs += [None, ""]
-        elif result.error:
-            outputs += [None, _error(result.error)]
-        else:
-            outputs += [result.probabilities, result.explanation]
-    return outputs
 
 
 def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
@@ -240,8 +225,9 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
             # ------------------------------------------------------------ classify
             with gr.Tab("Classification", id="classify"):
                 gr.Markdown(
-                    "Probabilities for the current image query from three methods. kNN leaves "
-                    "the query's own patient out."
+                    "Calibrated probabilities for the current image query from three methods, "
+                    "with each method's 90% prediction set. kNN leaves the query's own patient "
+                    "out. A query unlike every library case gets no answer."
                 )
                 with gr.Row():
                     column = gr.Dropdown(
@@ -251,12 +237,16 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                         elem_id="class-column",
                     )
                     classify_button = gr.Button("Classify current query", elem_id="classify")
-                method_outputs: list[Any] = []
+                method_outputs: list[Any] = [
+                    gr.Markdown(
+                        "_No image query: the panel is empty._", elem_id="classify-headline"
+                    )
+                ]
                 with gr.Row():
                     for method in DEFAULT_METHODS:
                         with gr.Column(elem_classes=["pc-method"]):
                             gr.Markdown(f"#### {METHOD_TITLES[method]}")
-                            method_outputs.append(gr.Label(num_top_classes=4, show_label=False))
+                            method_outputs.append(gr.HTML("", elem_id=f"bar-{method}"))
                             method_outputs.append(gr.Markdown("", elem_id=f"explain-{method}"))
 
             # ------------------------------------------------------------ library
@@ -280,13 +270,15 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
         # ---------------------------------------------------------------- handlers
         search_outputs = [hits_state, gallery, status, detail_image, parent_image, detail]
 
-        def results(hits: list[SearchHit], message: str) -> list[Any]:
+        def results(hits: list[SearchHit], message: str, warning: str | None = None) -> list[Any]:
             if not hits:
                 message += " No case matched: loosen the filters."
             return [
                 hits,
                 gallery_items(hits),
-                _ok(message),
+                _error(f"Unusual query for this library: {warning} {message}")
+                if warning
+                else _ok(message),
                 None,
                 gr.update(visible=False, value=None),
                 "",
@@ -306,7 +298,9 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
             where_sql = actions.where_clause(dict(zip(filter_values, fvals, strict=True)), where_)
             hits = actions.search_vector(query, k_, kind_, where_sql, exclude_)
             note = f" {query.note}" if query.note else ""
-            return results(hits, f"{len(hits)} nearest cases to {query.name}.{note}")
+            reference, where_best = actions.search_reference(hits, None, kind_)
+            message = f"{len(hits)} nearest cases to {query.name}.{where_best}{note}"
+            return results(hits, message, reference.reason)
 
         def on_upload(file, k_, kind_, exclude_, where_, *fvals):
             if not file:
@@ -327,8 +321,8 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
             try:
                 query = actions.query_from_id(case)
                 found = run_image(query, k_, kind_, exclude_, where_, *fvals)
-            except Exception as err:
-                return [gr.update()] * 3 + failed(_message(err))
+            except Exception as err:  # the failed query clears the classification panel
+                return [None, gr.update(), gr.update(), *failed(_message(err))]
             return [query, query.view, _metadata_markdown(query), *found]
 
         def on_text(text_, k_, kind_, where_, *fvals):
@@ -337,9 +331,11 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                     dict(zip(filter_values, fvals, strict=True)), where_
                 )
                 hits = actions.search_text(text_, k_, kind_, where_sql)
+                reference, where_best = actions.search_reference(hits, text_, kind_)
             except Exception as err:
                 return failed(_message(err))
-            return results(hits, f"{len(hits)} cases matching the description {text_.strip()!r}.")
+            message = f"{len(hits)} cases matching the description {text_.strip()!r}.{where_best}"
+            return results(hits, message, reference.reason)
 
         def on_rerun(last, query, text_, k_, kind_, exclude_, where_, *fvals):
             if last == "text":
@@ -373,15 +369,19 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
 
         def on_classify(query, column_, kind_, exclude_):
             if query is None:
-                return [None, "_Run an image or id query first._"] * len(DEFAULT_METHODS)
+                return panel_outputs(None, None, message="_Run an image or id query first._")
             if not column_:
-                return [None, "_This library has no label with two or more classes._"] * len(
-                    DEFAULT_METHODS
-                )
+                message = "_This library has no label with two or more classes._"
+                return panel_outputs(None, None, message=message)
             try:
-                return _method_outputs(actions.classify(query, column_, kind_, exclude_))
+                result = actions.classify(query, column_, kind_, exclude_)
             except Exception as err:
-                return [None, _error(_message(err))] * len(DEFAULT_METHODS)
+                return panel_outputs(None, None, message=_error(_message(err)))
+            return panel_outputs(result, query.name)
+
+        def clear_panel():
+            message = "_A text search has no image to classify: the panel is empty._"
+            return panel_outputs(None, None, message=message)
 
         def on_map(column_, kind_, query):
             try:
@@ -415,7 +415,7 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                 [text, k, kind, where, *filters],
                 search_outputs,
                 concurrency_limit=CONCURRENCY_LIMIT,
-            ).then(mark("text"), None, last_search)
+            ).then(mark("text"), None, last_search).then(clear_panel, None, method_outputs)
         rerun.click(on_rerun, [last_search, query_state, text, *controls], search_outputs)
 
         def on_region(state, k_, kind_, exclude_):

@@ -1,16 +1,26 @@
-"""Classification panel: which label columns it offers and how each method is titled.
+"""Classification panel: which label columns it offers, and what it shows for one query.
 
 The probabilities come from ``PriorCase.classifiers`` (one implementation for the CLI, the
-Python API and the UI); this module only adapts them to the page.
+Python API and the UI); this module only adapts them to the page: a headline naming the query
+(or "No close reference in the library" / "Uncertain"), then per method a split bar of its
+calibrated probabilities with the conformal prediction set, its cross-validated AUC and
+accuracy on this library (computed once per table version in a background thread), and a
+flag when its output is just the library's class prior.
 """
 
 from __future__ import annotations
+
+import html
+import logging
+import threading
 
 import numpy as np
 
 from priorcase.api import PriorCase
 from priorcase.ingest.pipeline import ROI_TYPE
-from priorcase.library import KnnOptions, MethodPrediction
+from priorcase.library import Classification, KnnOptions, MethodPrediction
+
+log = logging.getLogger(__name__)
 
 METHOD_TITLES = {
     "knn": "kNN vote (similar prior cases)",
@@ -19,6 +29,7 @@ METHOD_TITLES = {
 }
 DEFAULT_METHODS = ("knn", "logreg", "zeroshot")
 KNN_K = 10
+COLOURS = ("#3b6ea8", "#d08c2f", "#5a9e5a", "#b04a4a", "#7a5aa8", "#4a9ea0", "#8c8c8c")
 
 
 class ClassifyPanel:
@@ -27,6 +38,8 @@ class ClassifyPanel:
     def __init__(self, pc: PriorCase, k: int = KNN_K) -> None:
         self.pc = pc
         self.k = k
+        self._evaluating: set[tuple] = set()
+        self._lock = threading.Lock()
 
     def columns(self, kind: str | None = "image") -> list[str]:
         """Label columns with at least two classes among rows of ``kind``."""
@@ -50,9 +63,10 @@ class ClassifyPanel:
         methods: tuple[str, ...] = DEFAULT_METHODS,
         exclude_group: str | None = None,
         query_id: str | None = None,
-    ) -> list[MethodPrediction]:
-        """One prediction per method (an ``error`` instead where a method cannot answer)."""
-        result = self.pc.classifiers.classify(
+    ) -> Classification:
+        """Every method's answer (or abstention, or error) for one query."""
+        self.evaluate_in_background(column, kind or "image", methods)
+        return self.pc.classifiers.classify(
             vector,
             column,
             tuple(methods),
@@ -61,4 +75,106 @@ class ClassifyPanel:
             exclude_group,
             query_id,
         )
-        return result.predictions
+
+    def evaluate_in_background(
+        self, column: str, kind: str = "image", methods: tuple[str, ...] = DEFAULT_METHODS
+    ) -> threading.Thread | None:
+        """Start cross-validating ``methods`` on this table version unless done or running."""
+        if all(m in self.pc.classifiers.evaluated(column, kind) for m in methods):
+            return None
+        key = (self.pc.store.version, column, kind, tuple(methods))
+        with self._lock:
+            if key in self._evaluating:
+                return None
+            self._evaluating.add(key)
+
+        def run() -> None:
+            try:
+                self.pc.classifiers.evaluate(column, tuple(methods), kind)
+            except Exception:  # the panel then says the figures are unavailable
+                log.exception("background cross-validation failed")
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+
+def split_bar(prediction: MethodPrediction) -> str:
+    """HTML: one bar split by class probability, and the prediction set beneath it."""
+    items = sorted(prediction.probabilities.items())
+    parts = []
+    for n, (cls, p) in enumerate(items):
+        colour = COLOURS[n % len(COLOURS)]
+        label = f"{html.escape(cls)} {p:.0%}" if p >= 0.12 else ""
+        parts.append(
+            f"<div title='{html.escape(cls)}: {p:.1%}' style='width:{100 * p:.2f}%;"
+            f"background:{colour};color:#fff;overflow:hidden;white-space:nowrap;"
+            f"font-size:.8rem;padding:2px 0;text-align:center'>{label}</div>"
+        )
+    legend = ", ".join(f"{html.escape(c)} {p:.1%}" for c, p in items)
+    members = ", ".join(html.escape(c) for c in prediction.prediction_set) or "-"
+    kind = "calibrated" if prediction.calibrated else "not calibrated"
+    return (
+        "<div class='pc-bar' style='display:flex;width:100%;border-radius:4px;"
+        f"overflow:hidden'>{''.join(parts)}</div>"
+        f"<div class='pc-legend' style='font-size:.8rem'>{legend} ({kind})</div>"
+        f"<div class='pc-set'>prediction set (90%): <b>{{{members}}}</b></div>"
+    )
+
+
+def _figures(prediction: MethodPrediction) -> str:
+    e = prediction.evaluated
+    if not e:
+        return "_Cross-validated figures on this library: being computed in the background._"
+    auc = "n/a" if e.get("auc") is None else f"{e['auc']:.3f}"
+    return (
+        f"_Cross-validated on this library: AUC {auc}, accuracy {e['accuracy']:.3f} (n={e['n']})._"
+    )
+
+
+def panel_outputs(
+    result: Classification | None,
+    query_name: str | None,
+    methods: tuple[str, ...] = DEFAULT_METHODS,
+    message: str | None = None,
+) -> list[str]:
+    """Values for [headline, (bar, explanation) per method]; empty with ``message`` when there
+    is no answer (no query, a failed query, a text search)."""
+    if result is None:
+        return [message or "_No image query: the panel is empty._"] + ["", ""] * len(methods)
+    name = html.escape(query_name or "query")
+    headline = result.headline()
+    if result.abstain:
+        head = f"### No close reference in the library\nQuery **{name}**: {result.abstain_reason}"
+    elif headline == "Uncertain":
+        head = (
+            f"### Uncertain\nQuery **{name}** ({result.label}): the methods' prediction sets hold "
+            "more than one class, or a head only repeats the library prior."
+        )
+    else:
+        head = f"### {html.escape(headline)}\nQuery **{name}** ({result.label})"
+    ref = result.reference
+    if ref is not None and ref.top_score is not None and ref.percentile is not None:
+        head += (
+            f"\n\nBest match {ref.top_score:.3f}: percentile {ref.percentile:.0f} of this "
+            "library's own nearest-neighbour scores."
+        )
+    by_method = {p.method: p for p in result.predictions}
+    out = [head]
+    for method in methods:
+        p = by_method.get(method)
+        if p is None:
+            out += ["", ""]
+        elif p.error:
+            out += ["", f"<span class='pc-error'>⚠ {html.escape(p.error)}</span>"]
+        elif result.abstain:
+            out += ["", f"Abstains. {_figures(p)}"]
+        else:
+            flag = (
+                "\n\n**⚠ output equals the library's class prior: this head learnt nothing "
+                "from this image.**"
+                if p.prior_like
+                else ""
+            )
+            out += [split_bar(p), f"{html.escape(p.explanation)}{flag}\n\n{_figures(p)}"]
+    return out
