@@ -174,7 +174,7 @@ def test_library_image_is_flagged_new_image_is_not(library, capsys, tmp_path: Pa
     assert main([*base, "--image", str(files[5]), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["query_in_library"] == "img005"
-    logreg = next(m for m in out["methods"] if m["method"] == "logreg")
+    logreg = next(m for m in out["predictions"] if m["method"] == "logreg")
     assert "this case was in its training set" in logreg["explanation"]
     assert main([*base, "--image", str(files[5])]) == 0
     assert "stored in the library as img005" in capsys.readouterr().out
@@ -183,7 +183,7 @@ def test_library_image_is_flagged_new_image_is_not(library, capsys, tmp_path: Pa
     assert main([*base, "--image", str(new), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["query_in_library"] is None
-    assert all("training set" not in m["explanation"] for m in out["methods"])
+    assert all("training set" not in m["explanation"] for m in out["predictions"])
 
 
 def test_ensemble_honours_k_and_same_patient_exclusion(library, tiny_clip) -> None:

@@ -15,7 +15,7 @@ from priorcase.encoders.preprocess import model_view
 from priorcase.errors import ImageReadError, QueryError
 from priorcase.index.store import field_name
 from priorcase.ingest.readers import SUPPORTED_SUFFIXES, file_sha256
-from priorcase.records import SearchHit
+from priorcase.records import LoadedImage, SearchHit
 from priorcase.retrieval.reference import Reference, search_reference
 from priorcase.retrieval.regions import query_view
 from priorcase.ui.classify_panel import ClassifyPanel
@@ -39,6 +39,7 @@ class Query:
     stored_id: str | None = None  # set when the query is (a copy of) an indexed case
     from_index: bool = False  # chosen by id (so searches leave the case itself out)
     note: str = ""
+    loaded: LoadedImage | None = None  # the decoded upload (its file is deleted once read)
 
 
 class UploadError(Exception):
@@ -97,6 +98,7 @@ class Actions:
         query = Query(
             name=name,
             vector=vector,
+            loaded=loaded,
             # as preprocessed: breast crop and flip where the index does that
             view=model_view(
                 query_view(self.pc.store, loaded).pixels, self.pc.encoder.preprocess_cfg

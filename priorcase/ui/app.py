@@ -397,6 +397,7 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
         def mark(mode):
             return lambda: mode
 
+        region_outputs = [region.state, region.canvas, region.box_text]
         for event, handler, inputs in (
             (upload.upload, on_upload, [upload, *controls]),
             (id_button.click, on_id, [case_id, *controls]),
@@ -405,6 +406,7 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
             outputs = [upload, *query_outputs] if handler is on_upload else query_outputs
             (
                 event(handler, inputs, outputs, concurrency_limit=CONCURRENCY_LIMIT)
+                .then(region.load, query_state, region_outputs)
                 .then(mark("image"), None, last_search)
                 .then(on_classify, classify_inputs, method_outputs)
                 .then(on_map, map_inputs, plot)
@@ -426,8 +428,6 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
             box = ",".join(map(str, state.box()))
             return results(hits, f"{len(hits)} nearest regions to box {box}, drawn on their films.")
 
-        region_outputs = [region.state, region.canvas, region.box_text]
-        upload.upload(lambda f: region.load(pc, f), upload, region_outputs)
         region.canvas.select(region.on_click, region.state, region_outputs)
         region.button.click(on_region, [region.state, k, kind, exclude], search_outputs)
         where.submit(on_rerun, [last_search, query_state, text, *controls], search_outputs)

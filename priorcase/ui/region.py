@@ -120,14 +120,13 @@ class RegionPanel:
             self.box_text = gr.Markdown("", elem_id="region-box")
             self.button = gr.Button("Search this region", elem_id="region-search")
 
-    def load(self, pc: PriorCase, path: str | None) -> list[Any]:
-        """A new upload: decode it for drawing (an unreadable file leaves the panel empty)."""
-        if not path:
+    def load(self, query: Any) -> list[Any]:
+        """A new query: an upload is shown for drawing from its decoded pixels (the file is
+        deleted once read); any other query empties the panel."""
+        image = getattr(query, "loaded", None)
+        if image is None:
             return [RegionState(), None, ""]
-        try:
-            state = RegionState(pc.read(path))
-        except Exception:
-            return [RegionState(), None, ""]
+        state = RegionState(image)
         return [state, canvas(state), "_Click two corners of the region to search._"]
 
     def on_click(self, state: RegionState, evt: gr.SelectData) -> list[Any]:
