@@ -22,6 +22,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
+from priorcase.evaluation.splits import supported_folds
 from priorcase.index.vector_index import l2_normalise
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -40,16 +41,12 @@ def cv_splits(
 ) -> list[Split]:
     """Grouped (when groups given), stratified (when single-label) folds, shrunk to fit the data.
 
-    ``n_splits`` is cut to the smallest class size and the number of groups; folds whose
+    ``n_splits`` is cut to what the data support (:func:`supported_folds`); folds whose
     training part has fewer than ``min_train`` members of some class are dropped. Fewer than
     two usable folds returns ``[]`` (too little data to choose C by CV).
     """
     multilabel = y.ndim == 2
-    n_splits = min(n_splits, len(y))
-    if not multilabel:
-        n_splits = min(n_splits, int(np.unique(y, return_counts=True)[1].min()))
-    if groups is not None:
-        n_splits = min(n_splits, len(np.unique(groups)))
+    n_splits = min(n_splits, supported_folds(y, groups))
     if n_splits < 2:
         return []
     if multilabel:  # stratification is undefined for indicator matrices
