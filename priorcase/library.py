@@ -93,7 +93,7 @@ def _base_classifier(
         )
     if method == "ensemble":
         ensemble = make_classifier("ensemble", space, data.label)
-        # its kNN member votes with the asked-for k and can leave the query's patient out
+        # its kNN member votes with the asked-for k and can leave the query's group out
         ensemble.estimators = [
             (name, est.set_params(k=knn.k, exclude_same_group=True) if name == "knn" else est)
             for name, est in ensemble.estimators
@@ -296,10 +296,11 @@ class LibraryClassifiers:
     ) -> Classification:
         """Calibrated probabilities and a conformal set per method for one image-space vector.
 
-        ``exclude_group`` (the query's patient) keeps that patient's cases out of the kNN vote
-        and of the reference check; ``query_id`` names a stored query, flagged where a trained
-        head has seen it. With no close reference every method abstains (no probabilities). A
-        method that fails (e.g. text prompts without labels) reports its error; others go on.
+        ``exclude_group`` (the query's group: its patient by default) keeps that group's cases
+        out of the kNN vote and of the reference check; ``query_id`` names a stored query,
+        flagged where a trained head has seen it. With no close reference every method abstains
+        (no probabilities). A method that fails (e.g. text prompts without labels) reports its
+        error; others go on.
         """
         knn = replace(knn, k=check_k(knn.k))
         manifest = self.core.store.manifest
@@ -342,7 +343,7 @@ class LibraryClassifiers:
                         [str(data.ids[p]) for p in positions[0][valid]],
                         [float(s) for s in scores[0][valid]],
                     )
-                elif method == "ensemble":  # its kNN member leaves the query's patient out too
+                elif method == "ensemble":  # its kNN member leaves the query's group out too
                     proba = model.predict_proba(query, groups)[0]
                     prediction.explanation = _explain(method, model, data, query, proba, query_id)
                     if groups is not None:
