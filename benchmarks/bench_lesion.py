@@ -23,12 +23,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 import priorcase
+from priorcase.classifiers.labelled import labelled_set
 from priorcase.classifiers.tiles import TileData, TileMILClassifier, contralateral_features
 from priorcase.evaluation.experiment import cross_validate
 from priorcase.evaluation.runner import cross_val_proba
 from priorcase.evaluation.splits import grouped_folds
 from priorcase.index.vector_index import VectorIndex
-from priorcase.library import build_classifier, labelled_set
+from priorcase.library import build_classifier
 
 ABNORMAL = ("benign", "malignant")
 
@@ -43,9 +44,9 @@ def acc_of(evaluation) -> dict[str, float]:
 
 def film_and_case(pc, boot: int) -> dict:
     """Normal vs abnormal per film and per patient, whole-film logreg vs tiles vs tiles+contra."""
-    data = labelled_set(pc, "pathology", "image", positive=ABNORMAL)
+    data = labelled_set(pc.store, "pathology", "image", positive=ABNORMAL)
     folds = grouped_folds(data.y, data.groups, n_splits=5)
-    tiles = TileData.from_library(pc)
+    tiles = TileData.from_library(pc.core)
     positive = "+".join(sorted(ABNORMAL))
     is_pos = (data.y == positive).astype(int)
     scores = {}

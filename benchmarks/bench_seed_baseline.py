@@ -19,12 +19,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 
+from priorcase.classifiers.labelled import labelled_set
 from priorcase.classifiers.linear import choose_scoring, cv_splits
 from priorcase.evaluation.experiment import cross_validate
 from priorcase.evaluation.metrics import evaluate_probabilities
 from priorcase.evaluation.runner import cross_val_proba
 from priorcase.evaluation.splits import grouped_folds
-from priorcase.library import labelled_set
 
 TASKS = (
     ("pathology (image)", dict(label="pathology", kind="image")),
@@ -68,7 +68,7 @@ def main() -> None:
     print(f"machine: {machine()}; index {args.db} ({pc.encoder.spec})")
     print(f"{'task':<28}{'method':<12}{'AUC':>7}{'95% CI':>16}{'bal.acc':>9}{'ΔAUC vs seed':>14}")
     for name, task in TASKS:
-        data = labelled_set(pc, task["label"], task["kind"], task.get("where"))
+        data = labelled_set(pc.store, task["label"], task["kind"], task.get("where"))
         groups = data.fold_groups
         folds = grouped_folds(data.y, groups, n_splits=5)
         proba, classes = cross_val_proba(

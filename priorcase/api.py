@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
-from priorcase.classifiers.alignment import ContrastiveAligner
-from priorcase.classifiers.joint_space import ClipSpace, JointSpace
-from priorcase.classifiers.reports import report_from_labels
-from priorcase.encoders import Encoder, create_default_encoder, create_encoder
-from priorcase.errors import EncoderMismatchError, PriorcaseError, QueryError
-from priorcase.evaluation.binarize import binary_label_names
-from priorcase.index.artifacts import content_digest, load_or_build
+from priorcase.classifiers.binarize import binary_label_names
+from priorcase.classifiers.joint_space import JointSpace
+from priorcase.classifiers.text_spaces import TextSpaces
+from priorcase.core import Core
+from priorcase.encoders import Encoder
+from priorcase.errors import PriorcaseError, QueryError
 from priorcase.index.store import CaseStore
-from priorcase.ingest.pipeline import ROI_TYPE, IngestOptions, ingest
+from priorcase.ingest.pipeline import IngestOptions, ingest
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, read_image
 from priorcase.library import (
@@ -38,15 +36,11 @@ from priorcase.retrieval.regions import (
 )
 from priorcase.retrieval.search import Searcher, check_k, check_text
 
-ALIGNER_PREFIX = "text-aligner-"
-
 
 class PriorCase:
-    """One case library (a LanceDB directory) and the encoder that built it.
-
-    The encoder is the one recorded in the index; ``encoder`` may name it again but never
-    another one. For a new index, ``encoder=None`` means the default CLIP model, or the
-    bundled encoder when its weights cannot be had (said in one line through ``notify``).
+    """A thin facade over one case library: the :class:`Core` (store, searcher, encoder)
+    and the services wired on it (text spaces, reference distributions, classifiers).
+    Arguments as :class:`Core`'s (the encoder is always the one the index was built with).
     """
 
     def __init__(
@@ -57,38 +51,23 @@ class PriorCase:
         backend: str = "auto",
         notify: Callable[[str], None] = print,
     ) -> None:
-        self.store = CaseStore(db)
-        self.searcher = Searcher(self.store, backend=backend, use_gpu=device != "cpu")
-        self._encoder_arg = encoder
-        self._device = device
-        self._notify = notify
-        self._encoder: Encoder | None = encoder if isinstance(encoder, Encoder) else None
-        self._space: tuple[tuple[int, str], JointSpace] | None = None
-        self._space_lock = threading.Lock()
+        self.core = Core(db, encoder, device, backend, notify)
+        self.spaces = TextSpaces(self.core)
+        self.reference = LibraryReference(self.spaces)
         self._classifiers: LibraryClassifiers | None = None
-        self._tiles: tuple[int, TileBank] | None = None
-        self._reference: LibraryReference | None = None
-        manifest = self.store.manifest
-        if manifest is not None and isinstance(encoder, str) and encoder != manifest.encoder_spec:
-            raise EncoderMismatchError(
-                f"index {self.store.db_dir} was built with encoder {manifest.encoder_spec!r}; "
-                f"refusing {encoder!r}: embeddings of two encoders are not comparable"
-            )
 
-    # ------------------------------------------------------------------ encoder
+    @property
+    def store(self) -> CaseStore:
+        return self.core.store
+
+    @property
+    def searcher(self) -> Searcher:
+        return self.core.searcher
+
     @property
     def encoder(self) -> Encoder:
         """The index's encoder, loaded on first use and checked against the manifest."""
-        if self._encoder is None:
-            manifest = self.store.manifest
-            spec = manifest.encoder_spec if manifest else self._encoder_arg
-            if spec is None:
-                self._encoder = create_default_encoder(self._device, notify=self._notify)
-            else:
-                self._encoder = create_encoder(str(spec), self._device)
-        if self.store.manifest is not None:
-            self.store.manifest.check_encoder(self._encoder.describe(), self.store.db_dir)
-        return self._encoder
+        return self.core.encoder
 
     # ------------------------------------------------------------------ ingest
     def ingest(self, sources: Iterable[str | Path] | str | Path, **options) -> IngestReport:
@@ -117,7 +96,7 @@ class PriorCase:
         if not chosen and not (where or patient):
             raise QueryError("give ids, a where filter or a patient pseudonym to delete")
         deleted = self.store.delete_cases(sorted(chosen))
-        self._space = None
+        self.spaces.clear()
         self._classifiers = None
         return deleted
 
@@ -142,10 +121,7 @@ class PriorCase:
 
     def tiles(self) -> TileBank:
         """The stored tiles (cached per table version)."""
-        version = self.store.version
-        if self._tiles is None or self._tiles[0] != version:
-            self._tiles = (version, TileBank.load(self.store))
-        return self._tiles[1]
+        return self.core.tiles()
 
     def search(
         self,
@@ -198,7 +174,7 @@ class PriorCase:
                 mine = bank.of(id)
                 add_matches(hits, bank, bank.boxes[mine], bank.vectors[mine])
             else:
-                add_matches(hits, bank, *query_tiles(self, loaded))
+                add_matches(hits, bank, *query_tiles(self.core, loaded))
         return hits
 
     def _search_box(
@@ -229,15 +205,8 @@ class PriorCase:
     def classifiers(self) -> LibraryClassifiers:
         """Classifiers fitted on this library (cached per table version)."""
         if self._classifiers is None:
-            self._classifiers = LibraryClassifiers(self)
+            self._classifiers = LibraryClassifiers(self.core, self.spaces, self.reference)
         return self._classifiers
-
-    @property
-    def reference(self) -> LibraryReference:
-        """The library's own nearest-neighbour score distributions ("no close reference")."""
-        if self._reference is None:
-            self._reference = LibraryReference(self)
-        return self._reference
 
     def as_of(self, version: int) -> None:
         """Answer from an earlier table version from now on (LanceDB checkout)."""
@@ -286,7 +255,7 @@ class PriorCase:
             if image is None:
                 raise QueryError("tiles needs the image, not a vector")
             model, data = self.classifiers.fitted("tiles", label)
-            boxes, vectors = query_tiles(self, image)
+            boxes, vectors = query_tiles(self.core, image)
             if not len(vectors):
                 raise QueryError("the index has no tiles (ingest with --modality MG)")
             p, best = model.score_tiles(vectors)
@@ -303,78 +272,16 @@ class PriorCase:
 
     # ------------------------------------------------------------------ text space
     def joint_space(self) -> JointSpace:
-        """Where texts meet images: CLIP's own space, or a learned aligner for unaligned towers.
-
-        The bundled encoder's aligner is trained on the library's (image, report) pairs, the
-        reports written from each row's labels, and retrained when the table changes.
-        """
-        encoder = self.encoder
-        if encoder.aligned:
-            return ClipSpace(encoder.embed_texts)
-        # one thread fits while the others wait (UI warm-up and a first user, say)
-        with self._space_lock:
-            snapshot = self.store.snapshot()
-            state = (snapshot.version, snapshot.digest)
-            if self._space is not None and self._space[0] == state:
-                return self._space[1]
-            vectors, reports = self.reports()
-            if not any(reports):
-                raise QueryError(
-                    f"text queries with encoder {encoder.spec!r} need labels to learn the "
-                    "text-image alignment; ingest with --labels (or use a CLIP encoder)"
-                )
-            blank = ContrastiveAligner(encoder.embed_texts)
-            # named by what it is fitted on, not by table version (versions restart when a
-            # table is recreated); the file lock keeps a CLI process and the UI from racing
-            key = content_digest(
-                vectors, "\n".join(reports), encoder.weights_hash(), sorted(blank._config().items())
-            )
-            path = self.store.db_dir / f"{ALIGNER_PREFIX}{key[:32]}.pt"
-            aligner = load_or_build(
-                path,
-                lambda p: ContrastiveAligner.load(p, encoder.embed_texts),
-                lambda: self._fit_aligner(encoder, vectors, reports),
-                lambda a, tmp: a.save(tmp),
-                notify=self._notify,
-                stale=lambda old: old.name.startswith(ALIGNER_PREFIX) and old.suffix == ".pt",
-            )
-            aligner.content_key = key
-            self._space = (state, aligner)
-            return aligner
-
-    def _fit_aligner(
-        self, encoder: Encoder, vectors: np.ndarray, reports: list[str]
-    ) -> ContrastiveAligner:
-        self._notify(
-            f"learning text-image alignment for {encoder.spec!r} from {len(reports)} labelled cases"
-        )
-        return ContrastiveAligner(encoder.embed_texts).fit(vectors, reports)
+        """Where texts meet images (see :meth:`TextSpaces.joint_space`)."""
+        return self.spaces.joint_space()
 
     def reports(self, kind: str | None = None) -> tuple[np.ndarray, list[str]]:
-        """Stored vectors with a report sentence written from each row's labels (unlabelled
-        rows left out)."""
-        vectors, reports, _ = self.reports_by_id(kind)
-        return vectors, reports
+        """Stored vectors with a report sentence written from each row's labels."""
+        return self.spaces.reports(kind)
 
     def reports_by_id(self, kind: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
         """Vectors, report sentences and ids of every labelled row."""
-        snapshot = self.store.snapshot(kind)
-        manifest = self.store.manifest
-        assert manifest is not None
-        skip = {manifest.group_column, ROI_TYPE}
-        columns = {
-            c: self.store.column_values(c, kind) for c in manifest.label_columns if c not in skip
-        }
-        reports = [
-            report_from_labels({c: values.get(i) for c, values in columns.items()})
-            for i in snapshot.ids
-        ]
-        keep = [n for n, r in enumerate(reports) if r]
-        return (
-            snapshot.vectors[keep],
-            [reports[n] for n in keep],
-            [str(snapshot.ids[n]) for n in keep],
-        )
+        return self.spaces.reports_by_id(kind)
 
 
 def open(db: str | Path, encoder: str | Encoder | None = None, **kwargs) -> PriorCase:

@@ -1,4 +1,4 @@
-"""Labelled training sets drawn from an index, and classifiers trained on the whole library."""
+"""Classifiers trained on the whole library (a service on the :class:`~priorcase.core.Core`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import joblib
 import numpy as np
@@ -14,124 +14,20 @@ import numpy as np
 from priorcase.classifiers import make_classifier
 from priorcase.classifiers.calibration import GroupCalibrated
 from priorcase.classifiers.joint_space import JointSpace
-from priorcase.classifiers.prompts import MAMMOGRAPHY_TEMPLATES, class_prompts
+from priorcase.classifiers.labelled import LabelledSet, labelled_set, prompts_for_set
+from priorcase.classifiers.text_spaces import FoldSpaces, TextSpaces
+from priorcase.core import Core
 from priorcase.errors import PriorcaseError, QueryError
-from priorcase.evaluation.binarize import binarize_labels, binary_label_names
-from priorcase.evaluation.splits import content_group_keys
 from priorcase.index.artifacts import BoundedCache, atomic_write, content_digest, load_or_build
 from priorcase.records import SearchHit
-from priorcase.retrieval.reference import OK, Reference
+from priorcase.retrieval.reference import OK, LibraryReference, Reference
 from priorcase.retrieval.search import check_k
-
-if TYPE_CHECKING:
-    from priorcase.api import PriorCase
 
 # Text-free heads whose fitting is worth keeping on disk (grid search over C).
 PERSISTED = ("logreg", "svm")
 MAX_CACHED_MODELS = 32  # fitted heads kept in memory (methods x labels x kinds x k)
 TEXT_METHODS = ("zeroshot", "similarity")
 DEFAULT_ALPHA = 0.1  # conformal prediction sets cover the true class 90% of the time
-
-
-@dataclass
-class LabelledSet:
-    """Rows of one kind with a value in ``label``: vectors, targets and grouping keys."""
-
-    label: str
-    ids: np.ndarray
-    X: np.ndarray
-    y: np.ndarray
-    groups: np.ndarray
-    positive: tuple[str, ...] = ()
-    original: np.ndarray | None = None  # y before --positive collapsed it
-    keys: np.ndarray | None = None  # content keys (file hash, ROI geometry): salt-free
-
-    @property
-    def fold_groups(self) -> np.ndarray:
-        """Salt-independent group names (digest of each group's content keys) for CV."""
-        if self.keys is None:
-            return self.groups
-        return content_group_keys(self.groups, self.keys)
-
-    def subset(self, rows: np.ndarray) -> LabelledSet:
-        original = None if self.original is None else self.original[rows]
-        return LabelledSet(
-            self.label,
-            self.ids[rows],
-            self.X[rows],
-            self.y[rows],
-            self.groups[rows],
-            self.positive,
-            original,
-            None if self.keys is None else self.keys[rows],
-        )
-
-
-def content_keys(pc: PriorCase, kind: str | None) -> dict[str, str]:
-    """id -> dedup key (the file's SHA-256, plus the geometry for an ROI), salt-independent."""
-    table = pc.store.table
-    if table is None:
-        return {}
-    query = table.search().select(["id", "key"])
-    if kind:
-        query = query.where(f"kind = '{kind}'")
-    arrow = query.limit(None).to_arrow()
-    return dict(zip(arrow.column("id").to_pylist(), arrow.column("key").to_pylist(), strict=True))
-
-
-def labelled_set(
-    pc: PriorCase,
-    label: str,
-    kind: str = "image",
-    where: str | None = None,
-    positive: tuple[str, ...] = (),
-) -> LabelledSet:
-    """Every stored row of ``kind`` with a ``label`` value (optionally filtered / binarised)."""
-    snapshot = pc.store.snapshot(kind)
-    values = pc.store.column_values(label, kind)
-    allowed = pc.store.ids_matching(where) if where else None
-    keys = content_keys(pc, kind)
-    # ordered by content key, not by storage order or id, so folds do not change when a
-    # library is rebuilt from the same files
-    rows = sorted(
-        (
-            n
-            for n, i in enumerate(snapshot.ids)
-            if values.get(i) is not None and (allowed is None or i in allowed)
-        ),
-        key=lambda n: (keys.get(snapshot.ids[n], ""), snapshot.ids[n]),
-    )
-    if not rows:
-        raise QueryError(f"no {kind} rows with a value in column {label!r}")
-    rows_arr = np.asarray(rows)
-    original = np.array([values[snapshot.ids[n]] for n in rows], dtype=object)
-    y = binarize_labels(original, positive) if positive else original
-    return LabelledSet(
-        label=label,
-        ids=snapshot.ids[rows_arr],
-        X=snapshot.vectors[rows_arr],
-        y=np.asarray(y, dtype=object).astype(str),
-        groups=np.asarray(snapshot.groups[rows_arr], dtype=object).astype(str),
-        positive=tuple(positive),
-        original=original,
-        keys=np.array([keys.get(snapshot.ids[n], snapshot.ids[n]) for n in rows], dtype=object),
-    )
-
-
-def prompts_for_set(
-    data: LabelledSet, templates=MAMMOGRAPHY_TEMPLATES
-) -> dict[str, list[str]] | None:
-    """Class prompts; a binarised label gets the prompts of the values on each side."""
-    if not data.positive:
-        return None
-    assert data.original is not None
-    negative_name, positive_name = binary_label_names(data.positive)
-    values = sorted(set(data.original.tolist()))
-    per_value = class_prompts(values, data.label, templates)
-    return {
-        positive_name: [p for v in values if v in data.positive for p in per_value[v]],
-        negative_name: [p for v in values if v not in data.positive for p in per_value[v]],
-    }
 
 
 @dataclass(frozen=True)
@@ -197,7 +93,7 @@ def _base_classifier(
         )
     if method == "ensemble":
         ensemble = make_classifier("ensemble", space, data.label)
-        # its kNN member votes with the asked-for k and can leave the query's patient out
+        # its kNN member votes with the asked-for k and can leave the query's group out
         ensemble.estimators = [
             (name, est.set_params(k=knn.k, exclude_same_group=True) if name == "knn" else est)
             for name, est in ensemble.estimators
@@ -314,13 +210,13 @@ def _explain(
     return line
 
 
-def _fit_tiles(pc: PriorCase, label: str) -> tuple[Any, LabelledSet]:
+def _fit_tiles(core: Core, label: str) -> tuple[Any, LabelledSet]:
     """The tile head for ``label``, its positive class = the values of films with findings."""
     from priorcase.classifiers.tiles import TileData, TileMILClassifier, positive_values
 
-    tiles = TileData.from_library(pc)
-    positive = positive_values(pc.store.column_values(label, "image"), tiles)
-    data = labelled_set(pc, label, "image", positive=positive)
+    tiles = TileData.from_library(core)
+    positive = positive_values(core.store.column_values(label, "image"), tiles)
+    data = labelled_set(core.store, label, "image", positive=positive)
     keep = np.array([i in tiles.tiles for i in data.ids])
     data = data.subset(np.flatnonzero(keep))
     return TileMILClassifier(tiles).fit(data.ids, data.y, groups=data.groups), data
@@ -333,8 +229,10 @@ class LibraryClassifiers:
     digest; a saved head from another encoder is refused, one from an older table is refitted.
     """
 
-    def __init__(self, pc: PriorCase) -> None:
-        self.pc = pc
+    def __init__(self, core: Core, spaces: TextSpaces, reference: LibraryReference) -> None:
+        self.core = core
+        self.spaces = spaces
+        self.library_reference = reference
         self._cache = BoundedCache(MAX_CACHED_MODELS)
 
     def fitted(
@@ -345,14 +243,14 @@ class LibraryClassifiers:
         knn: KnnOptions = DEFAULT_KNN,
         alpha: float = DEFAULT_ALPHA,
     ) -> tuple[Any, LabelledSet]:
-        snapshot = self.pc.store.snapshot(kind)
+        snapshot = self.core.store.snapshot(kind)
         key = (snapshot.version, snapshot.digest, method, label, kind)
         key += (knn if method in ("knn", "ensemble") else None, alpha)
 
         def fit() -> tuple[Any, LabelledSet]:
             if method == "tiles":
-                return _fit_tiles(self.pc, label)
-            data = labelled_set(self.pc, label, kind)
+                return _fit_tiles(self.core, label)
+            data = labelled_set(self.core.store, label, kind)
             if method in PERSISTED:
                 return self._load_or_fit(method, kind, data, knn, alpha), data
             return self._fit(method, label, kind, data, knn, alpha), data
@@ -365,27 +263,25 @@ class LibraryClassifiers:
     ) -> Any:
         space = space_for = None
         if method in (*TEXT_METHODS, "ensemble"):
-            space, space_for = self.pc.joint_space(), self._spaces(label, kind, data).for_rows
+            space, space_for = self.spaces.joint_space(), self._spaces(label, kind, data).for_rows
         model = build_classifier(method, data, space, knn, alpha=alpha, space_for=space_for)
         # salt-free group names: the inner folds (C, calibration) do not change with the salt
         return model.fit(data.X, data.y, groups=data.fold_groups)
 
-    def _spaces(self, label: str, kind: str, data: LabelledSet) -> Any:
+    def _spaces(self, label: str, kind: str, data: LabelledSet) -> FoldSpaces:
         """Text spaces fitted on subsets of ``data`` (calibration folds), shared by the text
         methods of one label so each subset's aligner is trained once."""
-        from priorcase.evaluation.experiment import FoldSpaces
-
-        key = (self.pc.store.snapshot(kind).digest, "spaces", label, kind)
-        return self._cache.get_or_make(key, lambda: FoldSpaces(self.pc, data))
+        key = (self.core.store.snapshot(kind).digest, "spaces", label, kind)
+        return self._cache.get_or_make(key, lambda: FoldSpaces(self.spaces, data))
 
     def reference(
         self, vector: np.ndarray, kind: str = "image", exclude_group: str | None = None
     ) -> tuple[Reference, list[SearchHit]]:
         """Where the query's best match (its own patient left out) sits in the library's
         leave-one-patient-out distribution, and that match."""
-        hits = self.pc.searcher.search(vector, 1, kind, exclude_group=exclude_group)
+        hits = self.core.searcher.search(vector, 1, kind, exclude_group=exclude_group)
         top = hits[0].score if hits else None
-        return self.pc.reference.assess_image(top, kind), hits
+        return self.library_reference.assess_image(top, kind), hits
 
     def classify(
         self,
@@ -400,17 +296,18 @@ class LibraryClassifiers:
     ) -> Classification:
         """Calibrated probabilities and a conformal set per method for one image-space vector.
 
-        ``exclude_group`` (the query's patient) keeps that patient's cases out of the kNN vote
-        and of the reference check; ``query_id`` names a stored query, flagged where a trained
-        head has seen it. With no close reference every method abstains (no probabilities). A
-        method that fails (e.g. text prompts without labels) reports its error; others go on.
+        ``exclude_group`` (the query's group: its patient by default) keeps that group's cases
+        out of the kNN vote and of the reference check; ``query_id`` names a stored query,
+        flagged where a trained head has seen it. With no close reference every method abstains
+        (no probabilities). A method that fails (e.g. text prompts without labels) reports its
+        error; others go on.
         """
         knn = replace(knn, k=check_k(knn.k))
-        manifest = self.pc.store.manifest
+        manifest = self.core.store.manifest
         if manifest is None or label not in manifest.label_columns:
             known = ", ".join(manifest.label_columns) if manifest else "none"
             raise QueryError(
-                f"no label column {label!r} in {self.pc.store.db_dir} (labels: {known})"
+                f"no label column {label!r} in {self.core.store.db_dir} (labels: {known})"
             )
         query = np.asarray(vector, dtype=np.float32)[None, :]
         groups = None if exclude_group is None else np.array([exclude_group], dtype=object)
@@ -442,11 +339,11 @@ class LibraryClassifiers:
                         prediction.explanation += f"; the query is stored as {query_id} and votes"
                     positions, scores = model.kneighbors(query, groups)
                     valid = positions[0] >= 0
-                    result.neighbours = self.pc.store.hits(
+                    result.neighbours = self.core.store.hits(
                         [str(data.ids[p]) for p in positions[0][valid]],
                         [float(s) for s in scores[0][valid]],
                     )
-                elif method == "ensemble":  # its kNN member leaves the query's patient out too
+                elif method == "ensemble":  # its kNN member leaves the query's group out too
                     proba = model.predict_proba(query, groups)[0]
                     prediction.explanation = _explain(method, model, data, query, proba, query_id)
                     if groups is not None:
@@ -475,8 +372,8 @@ class LibraryClassifiers:
         """Named by the content of the rows evaluated (not the version number, which LanceDB
         restarts when a table is recreated)."""
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
-        digest = self.pc.store.snapshot(kind).digest[:16]
-        return self.pc.store.db_dir / "evaluation" / f"{kind}-{safe}-{digest}.json"
+        digest = self.core.store.snapshot(kind).digest[:16]
+        return self.core.store.db_dir / "evaluation" / f"{kind}-{safe}-{digest}.json"
 
     def evaluated(self, label: str, kind: str = "image") -> dict[str, dict[str, Any]]:
         """Cross-validated {auc, accuracy, n} per method on this table version, if computed."""
@@ -498,7 +395,7 @@ class LibraryClassifiers:
         missing = [m for m in methods if m not in figures]
         if missing:
             evaluation = cross_validate(
-                self.pc, label, missing, kind=kind, n_boot=0, progress=False, nuisance=False
+                self, label, missing, kind=kind, n_boot=0, progress=False, nuisance=False
             )
             for r in evaluation.results:
                 figures[r.method] = {"auc": r.auc, "accuracy": r.accuracy, "n": r.n}
@@ -520,7 +417,7 @@ class LibraryClassifiers:
         weights and the method, so a head of another table, label set or encoder is never
         loaded; a file that does not load is refitted (see :func:`load_or_build`).
         """
-        manifest = self.pc.store.manifest
+        manifest = self.core.store.manifest
         assert manifest is not None
         weights = manifest.encoder["weights_sha256"]
         digest = content_digest(
@@ -528,7 +425,7 @@ class LibraryClassifiers:
         )
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in data.label)
         prefix = f"{kind}-{safe}-{method}-"
-        path = self.pc.store.db_dir / "classifiers" / f"{prefix}{digest[:32]}.joblib"
+        path = self.core.store.db_dir / "classifiers" / f"{prefix}{digest[:32]}.joblib"
 
         def load(p: Path) -> Any:
             saved = joblib.load(p)
@@ -545,6 +442,6 @@ class LibraryClassifiers:
             load,
             lambda: self._fit(method, data.label, kind, data, knn, alpha),
             save,
-            notify=self.pc._notify,
+            notify=self.core.notify,
             stale=lambda old: old.name.startswith(prefix) and old.suffix == ".joblib",
         )

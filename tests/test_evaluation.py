@@ -9,8 +9,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from priorcase.classifiers.binarize import binarize_labels
 from priorcase.evaluation import (
-    binarize_labels,
     cross_val_proba,
     evaluate_probabilities,
     format_table,

@@ -17,9 +17,9 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.utils.validation import check_is_fitted
 
 from priorcase.classifiers.linear import cv_splits
+from priorcase.classifiers.validation import fit_inputs, predict_inputs
 
 _EPS = 1e-12
 BIAS_PENALTY = 1e-2  # keeps class biases finite when a training split separates perfectly
@@ -110,8 +110,7 @@ class GroupCalibrated(ClassifierMixin, BaseEstimator):
         self.inner = inner
 
     def fit(self, X: np.ndarray, y, groups=None) -> GroupCalibrated:
-        X = np.asarray(X)
-        y = np.asarray(y)
+        X, y = fit_inputs(self, X, y)
         groups = None if groups is None else np.asarray(groups)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         self.prior_ = np.bincount(y_idx, minlength=len(self.classes_)) / len(y)
@@ -136,20 +135,20 @@ class GroupCalibrated(ClassifierMixin, BaseEstimator):
         self.conformal_threshold_ = conformal_quantile(1.0 - true_p, self.alpha)
         self.y_idx_ = y_idx
         self.estimator_ = _fit(clone(self.estimator), X, y, groups)
-        self.n_features_in_ = X.shape[1] if X.ndim == 2 else None
         return self
 
     def uncalibrated_proba(self, X: np.ndarray, groups=None) -> np.ndarray:
-        check_is_fitted(self, "estimator_")
-        return np.exp(_log_scores(self.estimator_, np.asarray(X), groups, self.classes_))
+        X = predict_inputs(self, X, "estimator_")
+        return np.exp(_log_scores(self.estimator_, X, groups, self.classes_))
 
     def predict_proba(self, X: np.ndarray, groups=None) -> np.ndarray:
-        check_is_fitted(self, "estimator_")
-        logp = _log_scores(self.estimator_, np.asarray(X), groups, self.classes_)
+        X = predict_inputs(self, X, "estimator_")
+        logp = _log_scores(self.estimator_, X, groups, self.classes_)
         return np.exp(scaled_log_proba(logp, self.scale_, self.bias_))
 
     def predict(self, X: np.ndarray, groups=None) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X, groups), axis=1)]
+        proba = self.predict_proba(X, groups)  # checks fitted before classes_ is read
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def sets_from_proba(self, proba: np.ndarray) -> np.ndarray:
         """Boolean (n, n_classes): classes whose score 1 - p is within the conformal threshold

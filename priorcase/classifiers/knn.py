@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted
 
+from priorcase.classifiers.validation import fit_inputs, predict_inputs
 from priorcase.index.vector_index import VectorIndex, l2_normalise
 
 
@@ -43,21 +43,17 @@ class KNNVoteClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: np.ndarray, y, groups=None) -> KNNVoteClassifier:
         if self.weights not in {"uniform", "similarity"}:
             raise ValueError(f"weights must be 'uniform' or 'similarity', got {self.weights!r}")
-        X = l2_normalise(np.atleast_2d(X))
-        y = np.asarray(y)
-        if y.ndim != 1 or len(y) != len(X):
-            raise ValueError(f"y must be 1-D with {len(X)} labels, got shape {y.shape}")
+        X, y = fit_inputs(self, X, y)
+        X = l2_normalise(X)
         self.classes_, self.y_idx_ = np.unique(y, return_inverse=True)
         self.groups_ = None if groups is None else np.asarray(groups)
         self.prior_ = np.bincount(self.y_idx_, minlength=len(self.classes_)) / len(y)
         self.index_ = VectorIndex(X, backend=self.backend)
-        self.n_features_in_ = X.shape[1]
         return self
 
     def kneighbors(self, X: np.ndarray, groups=None) -> tuple[np.ndarray, np.ndarray]:
         """Reference-row positions (-1 = none) and cosine scores of the k nearest, (n, k)."""
-        check_is_fitted(self, "index_")
-        Q = l2_normalise(np.atleast_2d(X))
+        Q = l2_normalise(predict_inputs(self, X, "index_"))
         if not (self.exclude_same_group and groups is not None and self.groups_ is not None):
             nb = self.index_.search(Q, self.k)
             return nb.positions, nb.scores
@@ -99,7 +95,8 @@ class KNNVoteClassifier(ClassifierMixin, BaseEstimator):
         return (share + self.smoothing) / (1 + len(self.classes_) * self.smoothing)
 
     def predict(self, X: np.ndarray, groups=None) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X, groups), axis=1)]
+        proba = self.predict_proba(X, groups)  # checks fitted before classes_ is read
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def explain(self, X: np.ndarray, groups=None) -> list[str]:
         """One line per query, e.g. "7 of 10 nearest cases are malignant"."""

@@ -20,8 +20,9 @@ from sklearn.model_selection import (
 )
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import SVC, LinearSVC
-from sklearn.utils.validation import check_is_fitted
 
+from priorcase.classifiers.validation import fit_inputs, need_two_classes, predict_inputs
+from priorcase.evaluation.splits import supported_folds
 from priorcase.index.vector_index import l2_normalise
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -40,16 +41,12 @@ def cv_splits(
 ) -> list[Split]:
     """Grouped (when groups given), stratified (when single-label) folds, shrunk to fit the data.
 
-    ``n_splits`` is cut to the smallest class size and the number of groups; folds whose
+    ``n_splits`` is cut to what the data support (:func:`supported_folds`); folds whose
     training part has fewer than ``min_train`` members of some class are dropped. Fewer than
     two usable folds returns ``[]`` (too little data to choose C by CV).
     """
     multilabel = y.ndim == 2
-    n_splits = min(n_splits, len(y))
-    if not multilabel:
-        n_splits = min(n_splits, int(np.unique(y, return_counts=True)[1].min()))
-    if groups is not None:
-        n_splits = min(n_splits, len(np.unique(groups)))
+    n_splits = min(n_splits, supported_folds(y, groups))
     if n_splits < 2:
         return []
     if multilabel:  # stratification is undefined for indicator matrices
@@ -96,6 +93,16 @@ def choose_scoring(y: np.ndarray, splits: Sequence[Split], has_proba: bool) -> s
     return "roc_auc" if len(classes) == 2 else "roc_auc_ovr"
 
 
+def _n_iter(estimator: Any) -> np.ndarray:
+    """Solver iterations of a fitted model, of each member for a one-vs-rest or calibrated one."""
+    if hasattr(estimator, "n_iter_"):
+        return np.atleast_1d(estimator.n_iter_)
+    members = getattr(estimator, "estimators_", None) or [
+        c.estimator for c in getattr(estimator, "calibrated_classifiers_", [])
+    ]
+    return np.concatenate([_n_iter(m) for m in members]) if members else np.array([1])
+
+
 class _GridHead(ClassifierMixin, BaseEstimator):
     """Shared fit/predict: subclasses give the base estimator and its C parameter's name."""
 
@@ -107,16 +114,15 @@ class _GridHead(ClassifierMixin, BaseEstimator):
         return True
 
     def fit(self, X: np.ndarray, y, groups=None) -> _GridHead:
-        X = l2_normalise(np.atleast_2d(X))
-        y = np.asarray(y)
+        X, y = fit_inputs(self, X, y, multilabel=True)
+        X = l2_normalise(X)
         self.multilabel_ = y.ndim == 2
         if self.multilabel_:
             y = y.astype(int)
             self.classes_ = np.arange(y.shape[1])
         else:
             self.classes_ = np.unique(y)
-            if len(self.classes_) < 2:
-                raise ValueError(f"need at least two classes to train, got {list(self.classes_)}")
+            need_two_classes(self.classes_)
         estimator, param, min_train = self._base(y)
         if self.multilabel_:
             estimator, param = OneVsRestClassifier(estimator), f"estimator__{param}"
@@ -138,12 +144,12 @@ class _GridHead(ClassifierMixin, BaseEstimator):
             self.estimator_, self.cv_results_ = search.best_estimator_, search.cv_results_
             self.best_params_ = {"C": search.best_params_[param]}
             self.best_score_ = float(search.best_score_)
-        self.n_features_in_ = X.shape[1]
+        self.n_iter_ = _n_iter(self.estimator_)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "estimator_")
-        return self.estimator_.predict_proba(l2_normalise(np.atleast_2d(X)))
+        X = predict_inputs(self, X, "estimator_")
+        return self.estimator_.predict_proba(l2_normalise(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         proba = self.predict_proba(X)
@@ -236,10 +242,10 @@ class SVMHead(_GridHead):
         return CalibratedClassifierCV(svm, method="sigmoid", cv=inner), "estimator__C", inner
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        X = predict_inputs(self, X, "estimator_")
         if self.calibrated_:
-            return super().predict_proba(X)
-        check_is_fitted(self, "estimator_")
-        scores = self.estimator_.decision_function(l2_normalise(np.atleast_2d(X)))
+            return self.estimator_.predict_proba(l2_normalise(X))
+        scores = self.estimator_.decision_function(l2_normalise(X))
         if self.multilabel_:
             return expit(scores)
         if scores.ndim == 1:  # binary: one margin for the second class

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from priorcase.classifiers.linear import LogisticHead
 
 if TYPE_CHECKING:
-    from priorcase.api import PriorCase
+    from priorcase.core import Core
 
 POOLINGS = ("max", "topm")
 
@@ -32,14 +32,14 @@ class TileData:
     lesions: dict[str, np.ndarray]  # film -> vectors of lesion ROIs and lesion tiles
 
     @classmethod
-    def from_library(cls, pc: PriorCase) -> TileData:
-        bank = pc.tiles()
+    def from_library(cls, core: Core) -> TileData:
+        bank = core.tiles()
         tiles = {}
         for parent in sorted(set(bank.parents.tolist())):
             mine = bank.of(parent)
             tiles[parent] = (bank.vectors[mine], bank.boxes[mine], bank.ids[mine])
         lesions: dict[str, list[np.ndarray]] = {}
-        table = pc.store.table
+        table = core.store.table
         if table is not None and "roi_type" in table.schema.names:
             rows = (
                 table.search()

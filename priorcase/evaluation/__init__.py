@@ -1,6 +1,5 @@
 """Evaluation on arrays (independent of storage): grouped CV, metrics, thresholds, reports."""
 
-from priorcase.evaluation.binarize import binarize_labels, binary_label_names
 from priorcase.evaluation.metrics import (
     MethodResult,
     RetrievalMetrics,
@@ -17,8 +16,6 @@ from priorcase.evaluation.splits import grouped_folds
 __all__ = [
     "MethodResult",
     "RetrievalMetrics",
-    "binarize_labels",
-    "binary_label_names",
     "cross_val_proba",
     "default_positive",
     "evaluate_probabilities",

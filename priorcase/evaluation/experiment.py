@@ -10,12 +10,12 @@ import numpy as np
 from sklearn.base import clone
 
 from priorcase.classifiers import METHODS
-from priorcase.classifiers.alignment import ContrastiveAligner
+from priorcase.classifiers.binarize import binarize_labels
 from priorcase.classifiers.calibration import GroupCalibrated
-from priorcase.classifiers.joint_space import JointSpace
+from priorcase.classifiers.labelled import LabelledSet, labelled_set
+from priorcase.classifiers.text_spaces import FoldSpaces
 from priorcase.classifiers.tiles import TileData, TileMILClassifier
 from priorcase.errors import PriorcaseError, QueryError
-from priorcase.evaluation.binarize import binarize_labels
 from priorcase.evaluation.metrics import (
     MethodResult,
     RetrievalMetrics,
@@ -34,13 +34,15 @@ from priorcase.library import (
     DEFAULT_KNN,
     TEXT_METHODS,
     KnnOptions,
-    LabelledSet,
+    LibraryClassifiers,
     build_classifier,
-    labelled_set,
 )
 
 if TYPE_CHECKING:
     from priorcase.api import PriorCase
+
+    # anything holding the core and its text spaces: the facade or the classifiers service
+    Library = PriorCase | LibraryClassifiers
 
 SPACE_METHODS = (*TEXT_METHODS, "ensemble")
 TILES = "tiles"  # film scores pooled from tiles (priorcase.classifiers.tiles); X = film ids
@@ -90,34 +92,6 @@ def resolve_methods(method: str) -> list[str]:
             f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}, {TILES}, all"
         )
     return chosen
-
-
-class FoldSpaces:
-    """Joint text-image space per training set: the bundled encoder's aligner is fitted on
-    training rows' reports only, so no evaluated image ever shapes the text space."""
-
-    def __init__(self, pc: PriorCase, data: LabelledSet) -> None:
-        self.pc = pc
-        self.encoder = pc.encoder
-        self._cache: dict[bytes, JointSpace] = {}
-        self._reports: dict[str, str] | None = None
-        self.data = data
-
-    def for_rows(self, train_idx: np.ndarray) -> JointSpace:
-        if self.encoder.aligned:
-            return self.pc.joint_space()  # CLIP's own space: nothing is fitted
-        key = np.sort(train_idx).tobytes()
-        if key not in self._cache:
-            if self._reports is None:
-                _, reports, ids = self.pc.reports_by_id()
-                self._reports = dict(zip(ids, reports, strict=True))
-            ids = self.data.ids[train_idx]
-            keep = [n for n, i in enumerate(ids) if self._reports.get(i)]
-            aligner = ContrastiveAligner(self.encoder.embed_texts).fit(
-                self.data.X[train_idx][keep], [self._reports[ids[n]] for n in keep]
-            )
-            self._cache[key] = aligner
-        return self._cache[key]
 
 
 def positive_class(data: LabelledSet, classes: np.ndarray) -> tuple[str | None, str]:
@@ -195,17 +169,17 @@ def _subgroups(
 
 
 def _subgroup_values(
-    pc: PriorCase, data: LabelledSet, by: list[str], kind: str
+    pc: Library, data: LabelledSet, by: list[str], kind: str
 ) -> dict[str, np.ndarray]:
     out = {}
     for column in by:
-        values = pc.store.column_values(column, kind)
+        values = pc.core.store.column_values(column, kind)
         out[column] = np.array([str(values.get(i)) for i in data.ids], dtype=object)
     return out
 
 
 def cross_validate(
-    pc: PriorCase,
+    pc: Library,
     label: str,
     methods: list[str],
     n_splits: int = 5,
@@ -223,13 +197,13 @@ def cross_validate(
     points). Folds are grouped by a salt-free digest of each patient's files (see
     :func:`grouped_folds`). ``nuisance`` (default: for ROI rows) adds the geometry-only
     baseline."""
-    data = labelled_set(pc, label, kind, where, positive)
+    data = labelled_set(pc.core.store, label, kind, where, positive)
     if len(set(data.y.tolist())) < 2:
         raise QueryError(f"column {label!r} has a single class among the selected rows")
     # everything downstream (inner CV, bootstrap) sees salt-free group names
     groups = data.fold_groups
     folds = grouped_folds(data.y, groups, n_splits=n_splits, random_state=FOLD_SEED)
-    spaces = FoldSpaces(pc, data)
+    spaces = FoldSpaces(pc.spaces, data)
     retrieval = retrieval_metrics(data.X, data.y, groups, exclude_same_group=True)
     evaluation = _new_evaluation(pc, data, "cv", kind, where, n_splits=len(folds), alpha=alpha)
     subgroups = _subgroup_values(pc, data, by or [], kind)
@@ -242,7 +216,7 @@ def cross_validate(
         runs.append(("nuisance", GroupCalibrated(NuisanceHead(), alpha=alpha), None))
     for method, fixed, X in runs:
         if X is None:
-            X = nuisance_features(pc, data.ids)
+            X = nuisance_features(pc.core.store, data.ids)
         if method == TILES:
             X = data.ids  # the tile head looks its films' tiles up by id
 
@@ -302,7 +276,7 @@ def holdout(
 
     if TILES in methods:
         raise QueryError("--method tiles is evaluated by cross-validation (drop --queries)")
-    library = labelled_set(pc, label, kind, where, positive)
+    library = labelled_set(pc.core.store, label, kind, where, positive)
     table = read_labels(labels_csv)
     if label not in table.columns:
         raise QueryError(f"{labels_csv} has no column {label!r}")
@@ -332,7 +306,7 @@ def holdout(
         None,
     )
     # the library's own text space (fitted on the library, never on the queries)
-    space = pc.joint_space() if any(m in SPACE_METHODS for m in methods) else None
+    space = pc.spaces.joint_space() if any(m in SPACE_METHODS for m in methods) else None
     evaluation = _new_evaluation(pc, test, "holdout", kind, where, alpha=alpha)
     evaluation.meta["library_rows"] = len(library.y)
     evaluation.meta["query_failures"] = failures
@@ -343,7 +317,12 @@ def holdout(
     lib_groups = library.fold_groups
     for method in methods:
         model = build_classifier(
-            method, library, space, knn, alpha=alpha, space_for=FoldSpaces(pc, library).for_rows
+            method,
+            library,
+            space,
+            knn,
+            alpha=alpha,
+            space_for=FoldSpaces(pc.spaces, library).for_rows,
         )
         proba, classes_ = holdout_proba(model, library.X, library.y, lib_groups, test.X)
         recorder = _FoldRecorder(len(test.y), classes_, test.y, pos, y_train=library.y)
@@ -368,10 +347,10 @@ def holdout(
     return evaluation
 
 
-def _tile_data(pc: PriorCase, kind: str) -> TileData:
+def _tile_data(pc: Library, kind: str) -> TileData:
     if kind != "image":
         raise QueryError("--method tiles scores whole films: use --kind image")
-    return TileData.from_library(pc)
+    return TileData.from_library(pc.core)
 
 
 def _holdout_retrieval(library: LabelledSet, test: LabelledSet, ks=(1, 5, 10)) -> RetrievalMetrics:
@@ -387,11 +366,11 @@ def _holdout_retrieval(library: LabelledSet, test: LabelledSet, ks=(1, 5, 10)) -
 
 
 def _new_evaluation(
-    pc: PriorCase, data: LabelledSet, mode: str, kind: str, where: str | None, **meta
+    pc: Library, data: LabelledSet, mode: str, kind: str, where: str | None, **meta
 ) -> Evaluation:
     from priorcase import __version__
 
-    manifest = pc.store.manifest
+    manifest = pc.core.store.manifest
     assert manifest is not None
     counts = {str(c): int((data.y == c).sum()) for c in sorted(set(data.y.tolist()))}
     return Evaluation(
@@ -401,10 +380,10 @@ def _new_evaluation(
         kind=kind,
         results=[],
         meta={
-            "index": str(pc.store.db_dir),
+            "index": str(pc.core.store.db_dir),
             "encoder": manifest.encoder_spec,
             "encoder_weights_sha256": manifest.encoder["weights_sha256"],
-            "table_version": pc.store.version,
+            "table_version": pc.core.store.version,
             "fold_seed": FOLD_SEED,
             "folds": "StratifiedGroupKFold over groups named by a digest of their files",
             "priorcase": __version__,

@@ -22,15 +22,15 @@ from priorcase.classifiers.linear import choose_scoring, cv_splits
 from priorcase.ingest.roi import breast_mask, crop_box
 
 if TYPE_CHECKING:
-    from priorcase.api import PriorCase
+    from priorcase.index.store import CaseStore
 
 FEATURES = ("background_fraction", "radius", "x", "y")
 
 
-def nuisance_features(pc: PriorCase, ids: np.ndarray) -> np.ndarray:
+def nuisance_features(store: CaseStore, ids: np.ndarray) -> np.ndarray:
     """(n, 4) features of the ROI rows ``ids``; x and y are fractions of the film's size."""
-    rows = pc.store.fetch([str(i) for i in ids])
-    parents = pc.store.fetch(sorted({r["parent_id"] for r in rows.values() if r.get("parent_id")}))
+    rows = store.fetch([str(i) for i in ids])
+    parents = store.fetch(sorted({r["parent_id"] for r in rows.values() if r.get("parent_id")}))
     masks: dict[str, np.ndarray] = {}
     out = np.zeros((len(ids), len(FEATURES)))
     for n, i in enumerate(ids):

@@ -30,6 +30,19 @@ def content_group_keys(groups: Sequence[str], keys: Sequence[str]) -> np.ndarray
     return np.array([digest[str(g)] for g in groups], dtype=object)
 
 
+def supported_folds(y: np.ndarray, groups: np.ndarray | None) -> int:
+    """The most folds in which every class can reach each test part: the fewest groups
+    carrying any one class (for a label matrix, either value of any label); ``None`` makes
+    every row its own group. The one fold-shrinking rule of outer and inner CV."""
+    y = np.asarray(y)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    if y.ndim == 2:  # a missing value of a label counts as zero groups
+        per_class = [len(np.unique(groups[col == c])) for col in y.T for c in (0, 1)]
+    else:
+        per_class = [len(np.unique(groups[y == c])) for c in np.unique(y)]
+    return min(per_class, default=0)
+
+
 def grouped_folds(
     y: np.ndarray,
     groups: np.ndarray | None,
@@ -48,10 +61,7 @@ def grouped_folds(
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     if len(groups) != len(y):
         raise ValueError(f"{len(y)} labels but {len(groups)} groups")
-    n_groups = len(np.unique(groups))
-    # Groups carrying each label bound how many folds can each contain that label.
-    per_class = [len(np.unique(groups[y == c])) for c in np.unique(y)]
-    possible = min(n_groups, min(per_class, default=0))
+    possible = supported_folds(y, groups)
     if possible < 2:
         raise ValueError(
             f"cannot cross-validate: the rarest label occurs in {possible} group(s); need 2"

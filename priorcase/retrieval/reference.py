@@ -26,6 +26,7 @@ from priorcase.index.vector_index import VectorIndex, l2_normalise
 
 if TYPE_CHECKING:
     from priorcase.api import PriorCase
+    from priorcase.classifiers.text_spaces import TextSpaces
 
 OK = "ok"
 NO_CLOSE_REFERENCE = "no close reference"
@@ -86,31 +87,34 @@ def leave_one_group_out_top(vectors: np.ndarray, groups: np.ndarray, k: int = 32
 class LibraryReference:
     """The reference distributions of one library (per table content and kind)."""
 
-    def __init__(self, pc: PriorCase, percentile: float = DEFAULT_PERCENTILE) -> None:
-        self.pc = pc
+    def __init__(self, spaces: TextSpaces, percentile: float = DEFAULT_PERCENTILE) -> None:
+        self.spaces = spaces
+        self.core = spaces.core
         self.percentile = percentile
         self._cache: dict[tuple, np.ndarray] = {}
 
     # ------------------------------------------------------------------ images
     def _digest(self, kind: str | None, extra: str = "") -> str:
-        from priorcase.library import content_keys
+        from priorcase.classifiers.labelled import content_keys
 
-        manifest = self.pc.store.manifest
+        manifest = self.core.store.manifest
         assert manifest is not None
-        keys = sorted(content_keys(self.pc, kind).values())
+        keys = sorted(content_keys(self.core.store, kind).values())
         h = hashlib.sha256(f"{manifest.encoder['weights_sha256']}|{kind}|{extra}".encode())
         h.update("\n".join(keys).encode())
         return h.hexdigest()[:20]
 
     def image_scores(self, kind: str | None = "image") -> np.ndarray:
         """Sorted leave-one-patient-out best-match scores of the library's rows of ``kind``."""
-        key = ("image", self.pc.store.version, kind)
+        key = ("image", self.core.store.version, kind)
         if key not in self._cache:
-            path = self.pc.store.db_dir / "reference" / f"{kind or 'all'}-{self._digest(kind)}.npy"
+            path = (
+                self.core.store.db_dir / "reference" / f"{kind or 'all'}-{self._digest(kind)}.npy"
+            )
             if path.exists():
                 scores = np.load(path)
             else:
-                snap = self.pc.store.snapshot(kind)
+                snap = self.core.store.snapshot(kind)
                 top = leave_one_group_out_top(snap.vectors, np.asarray(snap.groups, dtype=str))
                 scores = np.sort(top[~np.isnan(top)])
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,17 +148,17 @@ class LibraryReference:
         text-image scores of the library's report sentences)."""
         from priorcase.classifiers.reports import MIAS_VOCABULARY
 
-        key = ("text", self.pc.store.version)
+        key = ("text", self.core.store.version)
         if key not in self._cache:
-            _, reports = self.pc.reports()
+            _, reports = self.spaces.reports()
             reports = sorted(set(reports))
             phrases = sorted({p for codes in MIAS_VOCABULARY.values() for p in codes.values()})
-            embed = self.pc.encoder.embed_texts
+            embed = self.core.encoder.embed_texts
             tower = l2_normalise(np.asarray(embed([*reports, *phrases])))
             controls = l2_normalise(np.asarray(embed(list(CONTROL_TEXTS))))
             floor = float((controls @ tower.T).max()) + TEXT_MARGIN
-            space = self.pc.joint_space()
-            images = space.images(self.pc.store.snapshot(None).vectors)
+            space = self.spaces.joint_space()
+            images = space.images(self.core.store.snapshot(None).vectors)
             known = [*reports, *phrases]
             best = np.sort((space.texts(known) @ images.T).max(axis=1))
             self._cache = {k: v for k, v in self._cache.items() if k[1] == key[1]}
@@ -169,7 +173,7 @@ class LibraryReference:
         if not text.strip():
             return Reference(None, None, NO_CLOSE_REFERENCE, "the description is empty")
         tower, floor, best = self._text_distributions()
-        query = l2_normalise(np.asarray(self.pc.encoder.embed_texts([text])))[0]
+        query = l2_normalise(np.asarray(self.core.encoder.embed_texts([text])))[0]
         closest = float((tower @ query).max()) if len(tower) else -1.0
         pct = None if top_score is None else _percentile_of(best, top_score)
         if closest < floor:

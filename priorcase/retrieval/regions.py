@@ -14,7 +14,7 @@ from priorcase.ingest.tiles import TILE_KIND, TileConfig, tile_boxes
 from priorcase.records import LoadedImage, SearchHit
 
 if TYPE_CHECKING:
-    from priorcase.api import PriorCase
+    from priorcase.core import Core
 
 Box = tuple[int, int, int, int]
 
@@ -88,15 +88,15 @@ class TileBank:
         return len(self.ids)
 
 
-def query_tiles(pc: PriorCase, image: LoadedImage) -> tuple[np.ndarray, np.ndarray]:
+def query_tiles(core: Core, image: LoadedImage) -> tuple[np.ndarray, np.ndarray]:
     """The query film cut into the index's tiles: (source boxes (n, 4), vectors (n, dim))."""
-    manifest = pc.store.manifest
+    manifest = core.store.manifest
     cfg = TileConfig.from_dict(manifest.tiles if manifest else None)
     if cfg is None:
-        return np.zeros((0, 4), int), np.zeros((0, pc.encoder.dim), np.float32)
-    view = query_view(pc.store, image, need_mask=True)
+        return np.zeros((0, 4), int), np.zeros((0, core.encoder.dim), np.float32)
+    view = query_view(core.store, image, need_mask=True)
     boxes = tile_boxes(view, cfg)
-    vectors = pc.encoder.embed_pixels([view.crop(b) for b in boxes])
+    vectors = core.encoder.embed_pixels([view.crop(b) for b in boxes])
     return np.array([view.to_source(b) for b in boxes], int).reshape(-1, 4), vectors
 
 
