@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
-
-def _command() -> str:
-    """The command line as typed, to record how a result was obtained."""
-    return shlex.join(["priorcase", *sys.argv[1:]])
+from priorcase.cli.common import command_line, library_json, open_library, with_db
 
 
 def _positive(value: str | None) -> tuple[str, ...]:
@@ -46,24 +40,10 @@ def _add_knn_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def library_json(pc) -> dict:
-    """Which library answered: table version, encoder and its weights, priorcase version."""
-    from priorcase import __version__
-
-    manifest = pc.store.manifest
-    return {
-        "version": pc.store.version,
-        "encoder": None if manifest is None else manifest.encoder_spec,
-        "weights_sha256": None if manifest is None else manifest.encoder["weights_sha256"],
-        "priorcase": __version__,
-    }
-
-
 def cmd_classify(args: argparse.Namespace) -> int:
-    from priorcase.cli import _open
     from priorcase.evaluation.experiment import resolve_methods
 
-    pc = _open(args)
+    pc = open_library(args)
     methods = resolve_methods(args.method)
     if args.evaluate:
         pc.classifiers.evaluate(args.label, tuple(methods), args.kind)
@@ -124,11 +104,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from priorcase.cli import _open
     from priorcase.evaluation.experiment import cross_validate, holdout, resolve_methods
     from priorcase.evaluation.report import format_table, write_html_report
 
-    pc = _open(args)
+    pc = open_library(args)
     methods = resolve_methods(args.method)
     common = dict(
         label=args.label,
@@ -147,7 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         evaluation = holdout(pc, args.queries, args.labels, **common)
     else:
         evaluation = cross_validate(pc, n_splits=args.cv, by=args.by, **common)
-    evaluation.meta["command"] = _command()
+    evaluation.meta["command"] = command_line()
     if args.report:
         tables = {f"operating points: {m}": rows for m, rows in evaluation.thresholds.items()}
         tables |= {f"subgroups: {name}": rows for name, rows in evaluation.subgroups.items()}
@@ -199,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_classify_commands(sub, with_db: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the classify and eval sub-commands."""
     p = sub.add_parser("classify", help="class probabilities for one new image, per method")
     with_db(p)

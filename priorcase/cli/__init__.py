@@ -1,0 +1,40 @@
+"""``priorcase`` command line: a thin layer over :mod:`priorcase.api`, one module per group of
+sub-commands (:mod:`.ingest`, :mod:`.search`, :mod:`.classify`, :mod:`.serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from priorcase.cli import classify, ingest, search, serve
+from priorcase.errors import PriorcaseError
+from priorcase.index.vector_index import BACKENDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="priorcase", description="Find similar prior cases and classify images by retrieval."
+    )
+    parser.add_argument("--device", help="torch device (default: cuda, mps or cpu)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="kNN: exact NumPy, FAISS flat (exact), FAISS HNSW (approximate), or auto",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for commands in (ingest, search, classify, serve):
+        commands.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PriorcaseError as err:
+        print(f"priorcase: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
