@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, read_image
 from priorcase.library import DEFAULT_KNN, Classification, KnnOptions, LibraryClassifiers
 from priorcase.records import IngestReport, LoadedImage, SearchHit
+from priorcase.retrieval.scaled import Query
 from priorcase.retrieval.search import Searcher
 
 ALIGNER_PREFIX = "text-aligner-v"
@@ -38,9 +39,12 @@ class PriorCase:
         device: str | None = None,
         backend: str = "auto",
         notify: Callable[[str], None] = print,
+        target_recall: float | None = None,
+        memory_budget_mb: float | None = None,
     ) -> None:
         self.store = CaseStore(db)
         self.searcher = Searcher(self.store, backend=backend, use_gpu=device != "cpu")
+        self.searcher.scaled.configure(memory_budget_mb, target_recall, notify)
         self._encoder_arg = encoder
         self._device = device
         self._notify = notify
@@ -117,6 +121,32 @@ class PriorCase:
             if exclude_same_patient:
                 exclude_group = self.query_group(loaded)
         return self.searcher.search(vector, k, kind, where, exclude_group, exclude_ids)
+
+    def search_batch(
+        self,
+        images: Sequence[str | Path | LoadedImage],
+        k: int = 10,
+        where: str | None = None,
+        exclude_same_patient: bool = False,
+        kind: str | None = None,
+        batch_size: int = 32,
+    ) -> list[list[SearchHit]]:
+        """The k most similar cases to each image, in order: images are embedded in batches
+        and searched with one batched kNN call (per distinct same-patient exclusion)."""
+        loaded = [im if isinstance(im, LoadedImage) else self.read(im) for im in images]
+        vectors = [
+            self.encoder.embed_pixels([im.pixels for im in loaded[i : i + batch_size]])
+            for i in range(0, len(loaded), batch_size)
+        ]
+        groups = [self.query_group(im) if exclude_same_patient else None for im in loaded]
+        if not loaded:
+            return []
+        queries = [Query(v, g) for v, g in zip(np.concatenate(vectors), groups, strict=True)]
+        return self.searcher.scaled.search(queries, k, kind, where)
+
+    def build_indexes(self) -> str:
+        """Bring the search indexes up to date (``priorcase index``); a one-line summary each."""
+        return self.searcher.scaled.prepare()
 
     def query_group(self, image: LoadedImage) -> str | None:
         """The query's group: that of its stored copy (same bytes), else its DICOM patient."""

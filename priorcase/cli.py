@@ -13,6 +13,7 @@ from pathlib import Path
 from priorcase.errors import PriorcaseError
 from priorcase.index.vector_index import BACKENDS
 from priorcase.records import SearchHit
+from priorcase.retrieval.scaled import SCALE_BACKENDS
 
 
 def _open(args: argparse.Namespace):
@@ -25,6 +26,8 @@ def _open(args: argparse.Namespace):
         device=args.device,
         backend=args.backend,
         notify=lambda message: print(message, file=sys.stderr),
+        target_recall=args.target_recall,
+        memory_budget_mb=args.memory_budget_mb,
     )
 
 
@@ -49,6 +52,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     pc = _open(args)
+    if args.images is not None:
+        return search_folder(pc, args)
     hits = pc.search(
         image=args.image,
         text=args.text,
@@ -63,6 +68,41 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print(format_hits(hits))
     return 0
+
+
+def search_folder(pc, args: argparse.Namespace) -> int:
+    """JSON lines, one per image file of a folder, searched as one batch; an unreadable file
+    gets a line with its error and the rest go on."""
+    from priorcase.ingest.readers import iter_image_files
+
+    loaded, failed = [], 0
+    for path in iter_image_files([args.images]):
+        try:
+            loaded.append(pc.read(path))
+        except PriorcaseError as err:
+            failed += 1
+            print(json.dumps({"query": str(path), "error": str(err)}))
+    results = pc.search_batch(
+        loaded,
+        k=args.k,
+        where=args.where,
+        exclude_same_patient=args.exclude_same_patient,
+        kind=args.kind,
+    )
+    for image, hits in zip(loaded, results, strict=True):
+        print(json.dumps({"query": str(image.path), "results": [h.to_json() for h in hits]}))
+    return 1 if failed and not loaded else 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    print(_open(args).build_indexes())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from priorcase.bench.run import run_bench
+
+    return run_bench(quick=args.quick, as_json=args.json, sizes=args.sizes)
 
 
 def format_hits(hits: Sequence[SearchHit]) -> str:
@@ -122,9 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="torch device (default: cuda, mps or cpu)")
     parser.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=BACKENDS + SCALE_BACKENDS,
         default="auto",
-        help="kNN: exact NumPy, FAISS flat (exact), FAISS HNSW (approximate), or auto",
+        help="kNN: exact NumPy, FAISS flat (exact), FAISS HNSW (approximate), FAISS chosen by "
+        "memory budget (faiss-ann), LanceDB's own index (lance), or auto (says which)",
+    )
+    parser.add_argument(
+        "--target-recall",
+        type=float,
+        default=None,
+        help="recall@10 the approximate indexes are tuned to (default 0.95)",
+    )
+    parser.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=None,
+        help="memory an in-memory index may use (default: half the available RAM)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -160,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--image", type=Path)
     query.add_argument("--text")
     query.add_argument("--id")
+    query.add_argument(
+        "--images", type=Path, help="folder of query images: JSON lines, one per file, batched"
+    )
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--where", help="LanceDB SQL filter, e.g. \"tissue = 'D'\"")
     p.add_argument("--exclude-same-patient", action="store_true")
@@ -167,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", help="must match the index's encoder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("index", help="build or update the search indexes (LanceDB, FAISS)")
+    with_db(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("bench", help="measure kNN backends and ingest (priorcase/bench)")
+    p.add_argument("--quick", action="store_true", help="up to 100k vectors (< 3 minutes)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    p.add_argument("--sizes", type=int, nargs="+", help="library sizes (default 10k 100k 1M)")
+    p.set_defaults(func=cmd_bench, db=None)
 
     p = sub.add_parser("info", help="what an index holds")
     with_db(p)

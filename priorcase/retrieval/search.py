@@ -11,6 +11,7 @@ from priorcase.errors import QueryError
 from priorcase.index.store import CaseStore, Snapshot
 from priorcase.index.vector_index import VectorIndex
 from priorcase.records import SearchHit
+from priorcase.retrieval.scaled import SCALE_BACKENDS, Query, ScaledSearcher
 
 KINDS = ("image", "roi")
 
@@ -20,9 +21,11 @@ class Searcher:
 
     def __init__(self, store: CaseStore, backend: str = "auto", use_gpu: bool = False) -> None:
         self.store = store
-        self.backend = backend
+        self.backend = "auto" if backend in SCALE_BACKENDS else backend  # text queries
         self.use_gpu = use_gpu
         self._indexes: dict[tuple[int, str | None], VectorIndex] = {}
+        # large libraries (auto) and the faiss-ann / lance backends: batched, filters pushed down
+        self.scaled = ScaledSearcher(store, backend, use_gpu)
 
     def index_for(
         self, snapshot: Snapshot, kind: str | None, space: JointSpace | None = None
@@ -76,6 +79,9 @@ class Searcher:
             raise QueryError(f"unknown kind {kind!r}: use image or roi")
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
+        if space is None and self.scaled.routes():
+            query = Query(vector, exclude_group, frozenset(exclude_ids or ()))
+            return self.scaled.search([query], k, kind, where)[0]
         snapshot = self.store.snapshot(kind)
         if len(snapshot.ids) == 0:
             return []
