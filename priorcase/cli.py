@@ -102,7 +102,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from priorcase.bench.run import run_bench
 
-    return run_bench(quick=args.quick, as_json=args.json, sizes=args.sizes)
+    return run_bench(args.quick, args.json, args.sizes, args.write_thresholds)
 
 
 def format_hits(hits: Sequence[SearchHit]) -> str:
@@ -232,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="up to 100k vectors (< 3 minutes)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     p.add_argument("--sizes", type=int, nargs="+", help="library sizes (default 10k 100k 1M)")
+    p.add_argument(
+        "--write-thresholds",
+        action="store_true",
+        help="save the thresholds auto uses, derived from this run (priorcase/index)",
+    )
     p.set_defaults(func=cmd_bench, db=None)
 
     p = sub.add_parser("info", help="what an index holds")

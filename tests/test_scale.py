@@ -104,23 +104,23 @@ def test_faiss_bitmap_filter_matches_exact_mask() -> None:
 
 @pytest.fixture(scope="module")
 def mias_vectors(mias, bundled) -> np.ndarray:
-    """Bundled-encoder vectors of 480 crops of 40 MIAS films (12 a film, on a grid)."""
+    """Bundled-encoder vectors of 240 crops of 20 MIAS films (12 a film, on a grid)."""
     from priorcase.ingest.readers import _read_pil
 
-    files = sorted(mias.images.glob("*.png"))[:40]
+    files = sorted(mias.images.glob("*.png"))[:20]
     crops = []
     for path in files:
         pixels = _read_pil(path)
         for y in (200, 400, 600, 800):
             for x in (250, 450, 650):
                 crops.append(pixels[y - 96 : y + 96, x - 96 : x + 96])
-    return np.concatenate([bundled.embed_pixels(crops[i : i + 64]) for i in range(0, 480, 64)])
+    return np.concatenate([bundled.embed_pixels(crops[i : i + 64]) for i in range(0, 240, 64)])
 
 
 @pytest.mark.mias
 @pytest.mark.parametrize("kind", ["hnsw", "ivf_flat"])
 def test_faiss_approximate_recall_on_real_vectors(mias_vectors: np.ndarray, kind: str) -> None:
-    library, queries = mias_vectors[:400], mias_vectors[400:]  # queries: films not in library
+    library, queries = mias_vectors[:200], mias_vectors[200:]  # queries: films not in library
     index = BudgetIndex.build(library, force=kind)
     assert index.tuning.recall >= 0.95 or index.tuning.value == max(index.tuning.tried)
     exact = VectorIndex(library, "exact")
@@ -136,11 +136,11 @@ def test_faiss_approximate_recall_on_real_vectors(mias_vectors: np.ndarray, kind
 @pytest.mark.mias
 def test_lance_index_recall_new_rows_and_update(mias_vectors: np.ndarray, tmp_path: Path) -> None:
     encoder = {**ENCODER, "dim": mias_vectors.shape[1]}
-    store = write_library(tmp_path / "db", mias_vectors[:400], encoder)
+    store, _ = write_library(tmp_path / "db", mias_vectors[:200], encoder)
     ann = LanceAnn(store.table, tmp_path / "db" / "ann")
     plan = ann.build_vector_index(force="IVF_PQ")
     assert plan.index_type == "IVF_PQ" and plan.index_uuid
-    queries = mias_vectors[400:]
+    queries = mias_vectors[200:]
     found = [ids for ids, _ in ann.search(queries, 10)]
     truth = [ids for ids, _ in ann.search(queries, 10, flat=True)]
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
@@ -154,8 +154,8 @@ def test_lance_index_recall_new_rows_and_update(mias_vectors: np.ndarray, tmp_pa
     assert recall >= LANCE_RECALL_FLOOR, ("filtered", recall)
     # rows added after indexing are found at once (searched flat), then folded in by optimize
     searcher = ScaledSearcher(store, backend="lance")
-    write_library(tmp_path / "db", mias_vectors[400:], encoder, seed=1)
-    new = [Query(v) for v in mias_vectors[400:405]]
+    write_library(tmp_path / "db", mias_vectors[200:], encoder, seed=1, first_id=200)
+    new = [Query(v) for v in mias_vectors[200:205]]
     for hits in searcher.search(new, 1):
         assert hits and hits[0].score > 0.999
     assert store.table.index_stats("vector_idx").num_unindexed_rows > 0
@@ -164,7 +164,7 @@ def test_lance_index_recall_new_rows_and_update(mias_vectors: np.ndarray, tmp_pa
 
 
 def test_search_images_folder_is_one_batch_of_json_lines(tmp_path: Path, bundled, capsys) -> None:
-    files = write_pngs(tmp_path / "lib", 6, size=64)
+    files = write_pngs(tmp_path / "lib", 4, size=64)
     db = tmp_path / "db"
     priorcase.open(db, encoder=bundled).ingest(tmp_path / "lib", workers=0, progress=False)
     queries = tmp_path / "queries"

@@ -18,6 +18,13 @@ BUCKETS = 100
 ROWS_PER_PATIENT = 4
 
 
+def bucket_mask(buckets: np.ndarray, selectivity: float) -> np.ndarray | None:
+    """The rows :func:`where_for` keeps."""
+    if selectivity >= 1.0:
+        return None
+    return buckets < max(1, round(selectivity * BUCKETS))
+
+
 def where_for(selectivity: float) -> str | None:
     """A ``--where`` keeping about this share of the rows (None for all)."""
     if selectivity >= 1.0:
@@ -34,7 +41,8 @@ def write_library(
     seed: int = 0,
     chunk: int = 100_000,
     roi_share: float = 0.0,
-) -> CaseStore:
+    first_id: int = 0,
+) -> tuple[CaseStore, np.ndarray]:
     """Store ``vectors`` as cases ``c0000000...`` with random buckets and 4 rows per patient."""
     store = CaseStore(db)
     if store.manifest is None:
@@ -47,12 +55,12 @@ def write_library(
     for start in range(0, n, chunk):
         records = [
             CaseRecord(
-                id=f"c{i:07d}",
+                id=f"c{first_id + i:07d}",
                 kind=str(kinds[i]),
                 vector=vectors[i],
-                key=f"k{i:07d}",
-                content_hash=f"h{i:07d}",
-                path=f"synthetic/{i:07d}.png",
+                key=f"k{first_id + i:07d}",
+                content_hash=f"h{first_id + i:07d}",
+                path=f"synthetic/{first_id + i:07d}.png",
                 labels={"bucket": f"b{buckets[i]:02d}"},
                 patient=f"p{i // ROWS_PER_PATIENT:07d}",
                 group=f"p{i // ROWS_PER_PATIENT:07d}",
@@ -60,4 +68,4 @@ def write_library(
             for i in range(start, min(n, start + chunk))
         ]
         store.add(records)
-    return store
+    return store, buckets

@@ -144,7 +144,7 @@ class BudgetIndex:
         seed: int = 0,
         force: str | None = None,
     ) -> BudgetIndex:
-        x = l2_normalise(vectors)
+        x = _unit_rows(vectors)
         plan = plan_index(len(x), x.shape[1], memory_budget_mb, target_recall, use_gpu, force)
         index = faiss.index_factory(x.shape[1], plan.factory(), faiss.METRIC_INNER_PRODUCT)
         if plan.kind in ("ivf_flat", "ivf_pq"):
@@ -299,9 +299,18 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _exact_topk(x: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    return index.search(queries, min(k, len(x)))[1]
+    # faiss.knn scans x in place (no second copy of the library, unlike an IndexFlat)
+    return faiss.knn(queries, x, min(k, len(x)), metric=faiss.METRIC_INNER_PRODUCT)[1]
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` itself when already unit float32 rows (no copy of a large library)."""
+    x = np.asarray(vectors)
+    if x.dtype == np.float32 and x.flags.c_contiguous and len(x):
+        probe = np.linalg.norm(x[:: max(1, len(x) // 1000)], axis=1)
+        if np.allclose(probe, 1.0, atol=1e-4):
+            return x
+    return l2_normalise(x)
 
 
 def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
