@@ -35,7 +35,7 @@ class EmbeddingModel:
         return cls(**json.loads(path.read_text()))
 
     def save(self, path: Path = MODEL_PATH) -> None:
-        path.write_text(json.dumps(self.__dict__, indent=1) + "\n")
+        path.write_text(json.dumps(self.__dict__) + "\n")
 
 
 def fit_model(vectors: np.ndarray, n_clusters: int = 12, seed: int = 0) -> EmbeddingModel:

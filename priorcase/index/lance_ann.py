@@ -59,7 +59,7 @@ def plan_lance_index(
     """IVF_HNSW_SQ while its 8-bit vectors and graph fit the budget, else IVF_PQ (+ refine).
 
     IVF_HNSW_SQ keeps one HNSW graph per partition in memory; below ~1M rows per partition
-    one partition is best (fewer graphs to walk). IVF_PQ needs only dim/4 bytes per row in
+    one partition is best (fewer graphs to walk). IVF_PQ needs only dim/8 bytes per row in
     memory and re-reads the few refined rows from disk, so it serves any size.
     """
     if force is None and n < INDEX_MIN_ROWS:
@@ -72,7 +72,7 @@ def plan_lance_index(
         "IVF_PQ",
         n,
         num_partitions=int(max(1, min(np.sqrt(n), n // 256))),
-        num_sub_vectors=dim // 4 if dim % 4 == 0 else 1,  # 4 dims a byte: PQ recall holds
+        num_sub_vectors=dim // 8 if dim % 8 == 0 else 1,  # 8 dims a code: SIMD-friendly
     )
 
 
