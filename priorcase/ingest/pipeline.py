@@ -26,6 +26,7 @@ from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import file_sha256, iter_image_files, read_image
 from priorcase.ingest.roi import crop_roi, sample_normal_rois
 from priorcase.ingest.thumbnails import make_thumbnail
+from priorcase.ingest.writer import BackgroundWriter
 from priorcase.records import CaseRecord, Finding, IngestReport
 
 ROI_TYPE = "roi_type"  # label set on every ROI row: "lesion" or "normal"
@@ -269,7 +270,9 @@ def _embed_and_store(
     manifest = store.manifest
     assert manifest is not None
     no_room: list[str] = []
-    with tqdm(total=len(tasks), desc="embedding", unit="img", disable=not options.progress) as bar:
+    bar = tqdm(total=len(tasks), desc="embedding", unit="img", disable=not options.progress)
+    # commits run on a thread beside decoding and the forward pass; the rest is committed on exit
+    with bar, BackgroundWriter(store) as writer:
         for items in loader:
             good = [item for item in items if "error" not in item]
             report.failures += [item["error"] for item in items if "error" in item]
@@ -279,7 +282,7 @@ def _embed_and_store(
             if new_meta:
                 manifest.metadata_columns += sorted(new_meta)
                 manifest.save(store.db_dir)  # columns first: a crash leaves only unused names
-            store.add(records)
+            writer.put(records)
             report.stored_images += sum(1 for r in records if r.kind == "image")
             report.stored_rois += sum(1 for r in records if r.kind == "roi")
             no_room += [
