@@ -115,6 +115,7 @@ class ScaledSearcher:
         self._columns: Columns | None = None
         self._faiss: tuple[str, BudgetIndex] | None = None
         self._lance: LanceAnn | None = None
+        self._key: tuple[tuple[int, int], str] | None = None
         self._masks: OrderedDict[tuple[str, str | None, str | None], np.ndarray | None] = (
             OrderedDict()
         )
@@ -177,9 +178,14 @@ class ScaledSearcher:
         """Identifies the table's content: version and commit time (a rebuilt table restarts
         its version numbers but not its clock)."""
         table = self._table()
+        memo = (id(table), int(table.version))
+        if self._key is not None and self._key[0] == memo:
+            return self._key[1]
         latest = max(table.list_versions(), key=lambda v: v["version"])
         raw = f"{table.version}|{latest['timestamp'].isoformat()}|{table.count_rows()}"
-        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+        key = hashlib.sha256(raw.encode()).hexdigest()[:16]
+        self._key = (memo, key)
+        return key
 
     def choose(self) -> Choice:
         table = self._table()
