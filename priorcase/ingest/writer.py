@@ -1,6 +1,7 @@
 """A background writer: LanceDB commits run beside the encoder instead of between batches.
 
-Records are gathered into large commits (fewer table versions, fewer small fragments) and
+Records are gathered into large commits (up to ``COMMIT_ROWS``, at least every
+``COMMIT_SECONDS``: fewer table versions and small fragments than one commit a batch) and
 written by one thread while the next batch is decoded and embedded; every few commits the
 table is compacted. ``close()`` writes what is left and re-raises a failed write.
 """
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 from priorcase.index.store import CaseStore
 from priorcase.records import CaseRecord
 
 COMMIT_ROWS = 1024
+COMMIT_SECONDS = 2.0  # and at least this often, so a killed ingest keeps most of its work
 COMPACT_EVERY = 16  # commits
 
 
@@ -50,13 +53,21 @@ class BackgroundWriter:
 
     def _run(self) -> None:
         pending: list[CaseRecord] = []
+        last = time.monotonic()
         while True:
             item = self._queue.get()
             if item is not None:
                 pending += item
-            if pending and (item is None or len(pending) >= self.commit_rows):
+            # the first batch alone: creating the table stays as quick as before for readers
+            due = (
+                self._commits == 0
+                or len(pending) >= self.commit_rows
+                or time.monotonic() - last >= COMMIT_SECONDS
+            )
+            if pending and (item is None or due):
                 self._commit(pending)
                 pending = []
+                last = time.monotonic()
             if item is None:
                 return
 
