@@ -138,8 +138,10 @@ def test_lance_index_recall_new_rows_and_update(mias_vectors: np.ndarray, tmp_pa
     encoder = {**ENCODER, "dim": mias_vectors.shape[1]}
     store, _ = write_library(tmp_path / "db", mias_vectors[:200], encoder)
     ann = LanceAnn(store.table, tmp_path / "db" / "ann")
-    plan = ann.build_vector_index(force="IVF_PQ")
-    assert plan.index_type == "IVF_PQ" and plan.index_uuid
+    plan = ann.build_vector_index(force="IVF_SQ")
+    assert plan.index_type == "IVF_SQ" and plan.index_uuid
+    # the index covers the rows (IVF_PQ would silently index nothing below 256 rows)
+    assert store.table.index_stats("vector_idx").num_indexed_rows == 200
     queries = mias_vectors[200:]
     found = [ids for ids, _ in ann.search(queries, 10)]
     truth = [ids for ids, _ in ann.search(queries, 10, flat=True)]
@@ -160,7 +162,7 @@ def test_lance_index_recall_new_rows_and_update(mias_vectors: np.ndarray, tmp_pa
         assert hits and hits[0].score > 0.999
     assert store.table.index_stats("vector_idx").num_unindexed_rows > 0
     summary = searcher.prepare()
-    assert "IVF_PQ" in summary and store.table.index_stats("vector_idx").num_unindexed_rows == 0
+    assert "IVF_SQ" in summary and store.table.index_stats("vector_idx").num_unindexed_rows == 0
 
 
 def test_search_images_folder_is_one_batch_of_json_lines(tmp_path: Path, bundled, capsys) -> None:

@@ -151,11 +151,16 @@ class BudgetIndex:
             rng = np.random.default_rng(seed)
             train = x[rng.choice(len(x), min(len(x), plan.nlist * 64), replace=False)]
             index.train(train)
-        index.add(x)
-        if plan.gpu:
-            index = _to_gpu(index)  # code path only: this machine has no GPU
+        # The newest rows are held out: tuned as queries the index has not seen (rows already
+        # in a graph are easier to find), then added, so positions stay row numbers.
+        held = min(TUNE_QUERIES, len(x) // 10) if plan.kind != "flat" else 0
+        index.add(x[: len(x) - held])
         built = cls(index, plan, Tuning(""))
-        built.tuning = built.tune(x, target_recall, seed)
+        if held:
+            built.tuning = built.tune(x[: len(x) - held], x[len(x) - held :], target_recall)
+            index.add(x[len(x) - held :])
+        if plan.gpu:
+            built.index = _to_gpu(index)  # code path only: this machine has no GPU
         return built
 
     def save(self, path: Path) -> None:
@@ -197,15 +202,10 @@ class BudgetIndex:
         return self.index
 
     # ------------------------------------------------------------------ tuning
-    def tune(self, x: np.ndarray, target_recall: float, seed: int = 0) -> Tuning:
-        """The smallest efSearch / nprobe whose recall@10 on held-out library vectors meets the
-        target (held out: each query's own row is dropped from both answers)."""
-        if self.plan.kind == "flat":
-            return Tuning("", 0, 1.0)
-        rng = np.random.default_rng(seed + 1)
-        rows = rng.choice(len(x), min(TUNE_QUERIES, len(x)), replace=False)
-        queries = x[rows]
-        truth = _drop_self(_exact_topk(x, queries, TUNE_K + 1), rows, TUNE_K)
+    def tune(self, x: np.ndarray, queries: np.ndarray, target_recall: float) -> Tuning:
+        """The smallest efSearch / nprobe whose recall@10 for ``queries`` (held-out rows, not
+        in the index yet) against exact search over ``x`` (the indexed rows) meets the target."""
+        truth = _exact_topk(x, queries, TUNE_K)
         grid = EF_GRID if self.plan.kind == "hnsw" else NPROBE_GRID
         if self.plan.kind != "hnsw":
             grid = tuple(v for v in grid if v <= self.plan.nlist) or (self.plan.nlist,)
@@ -213,8 +213,8 @@ class BudgetIndex:
         chosen = grid[-1]
         for value in grid:
             self._apply(value)
-            _, found = self.index.search(queries, TUNE_K + 1)
-            recall = recall_at_k(_drop_self(found, rows, TUNE_K), truth)
+            _, found = self.index.search(queries, TUNE_K)
+            recall = recall_at_k(found, truth)
             tried[value] = round(recall, 4)
             if recall >= target_recall:
                 chosen = value
@@ -311,15 +311,6 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
         if np.allclose(probe, 1.0, atol=1e-4):
             return x
     return l2_normalise(x)
-
-
-def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """Each query's answer without its own row, first k kept."""
-    out = np.full((len(found), k), -1, np.int64)
-    for i, (f, own) in enumerate(zip(found, rows, strict=True)):
-        rest = f[f != own][:k]
-        out[i, : len(rest)] = rest
-    return out
 
 
 def _empty(nq: int, k: int) -> Neighbours:

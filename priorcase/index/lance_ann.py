@@ -3,7 +3,7 @@ filter columns, and queries with every filter pushed down as a prefilter.
 
 Nothing is loaded whole: a query reads the index partitions it probes and the rows it returns.
 Rows added after the index was built are searched flat and merged with the indexed answer, so
-new cases are found at once; :func:`update_indexes` (``priorcase index --db DB``) folds them in.
+new cases are found at once; :meth:`LanceAnn.update` (``priorcase index --db DB``) folds them in.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import Bitmap, BTree, HnswSq, IvfPq
+from lancedb.index import Bitmap, BTree, HnswSq, IvfPq, IvfSq
 
 from priorcase.index.faiss_budget import (
     DEFAULT_TARGET_RECALL,
@@ -30,18 +30,21 @@ INDEX_MIN_ROWS = 50_000
 # (nprobes, refine_factor) tried in order of cost; the first meeting the target recall is kept.
 # Refine re-ranks PQ candidates with the full vectors: without it IVF_PQ recall plateaus.
 IVF_PQ_GRID = ((16, 10), (24, 20), (32, 30), (48, 40), (64, 60), (96, 80), (128, 100))
+IVF_SQ_GRID = ((8, 2), (16, 2), (24, 3), (32, 4), (48, 5), (64, 8), (96, 10), (128, 10))
 HNSW_EF_GRID = (16, 32, 64, 96, 128, 192, 256, 384, 512)
 SETTINGS_FILE = "lance-ann.json"
-# IVF_HNSW_SQ builds a graph over every row: 140 s for 60k x 128 on this 2-core machine
-# (loaded), so beyond this size IVF_PQ (k-means + PQ, far cheaper to build) is used.
-HNSW_SQ_MAX_ROWS = 200_000
+# A prefilter keeping at most this many rows is answered by a flat scan of those rows (exact);
+# a wider one probes more partitions, nprobes / sqrt(selectivity), so few allowed rows per
+# partition do not starve the answer.
+FLAT_FILTER_MAX_ROWS = 2_000
+COUNT_CACHE = 64
 
 
 @dataclass
 class LancePlan:
     """The vector index, and the query-time setting tuned for it."""
 
-    index_type: str  # "none" | "IVF_HNSW_SQ" | "IVF_PQ"
+    index_type: str  # "none" | "IVF_SQ" | "IVF_PQ" | "IVF_HNSW_SQ"
     n: int
     num_partitions: int = 0
     num_sub_vectors: int = 0
@@ -56,22 +59,26 @@ class LancePlan:
 def plan_lance_index(
     n: int, dim: int, memory_budget_mb: float | None = None, force: str | None = None
 ) -> LancePlan:
-    """IVF_HNSW_SQ while its 8-bit vectors and graph fit the budget, else IVF_PQ (+ refine).
+    """IVF_SQ while its 8-bit codes fit the memory budget, else IVF_PQ; both refined.
 
-    IVF_HNSW_SQ keeps one HNSW graph per partition in memory; below ~1M rows per partition
-    one partition is best (fewer graphs to walk). IVF_PQ needs only dim/8 bytes per row in
-    memory and re-reads the few refined rows from disk, so it serves any size.
+    Build cost decides here: on this 2-core machine PQ training took 77 s for 20k x 512 rows
+    (64 sub-vectors) against 6.6 s for IVF_SQ, and IVF_HNSW_SQ 140 s for 60k x 128, so
+    IVF_HNSW_SQ is built only when asked for (``force``). IVF_PQ keeps dim/8 bytes a row,
+    for libraries whose SQ codes (dim bytes a row) exceed the budget. Refine re-ranks the
+    candidates with the full vectors, read from disk, which holds recall.
     """
     if force is None and n < INDEX_MIN_ROWS:
         return LancePlan("none", n)
     budget = default_budget_mb() if memory_budget_mb is None else memory_budget_mb
-    sq_mb = n * (dim + 20 * 2 * 4) / 2**20
-    if force == "IVF_HNSW_SQ" or (force is None and sq_mb <= budget and n <= HNSW_SQ_MAX_ROWS):
+    partitions = int(max(1, min(np.sqrt(n), n // 256)))
+    if force == "IVF_HNSW_SQ":
         return LancePlan("IVF_HNSW_SQ", n, num_partitions=max(1, n // 1_000_000))
+    if force == "IVF_SQ" or (force is None and n * dim / 2**20 <= budget):
+        return LancePlan("IVF_SQ", n, num_partitions=partitions)
     return LancePlan(
         "IVF_PQ",
         n,
-        num_partitions=int(max(1, min(np.sqrt(n), n // 256))),
+        num_partitions=partitions,
         num_sub_vectors=dim // 8 if dim % 8 == 0 else 1,  # 8 dims a code: SIMD-friendly
     )
 
@@ -106,6 +113,7 @@ class LanceAnn:
         self.table = table
         self.settings_dir = settings_dir
         self.plan = self._load_plan()
+        self._counts: dict[tuple[int, str], int] = {}
 
     # ------------------------------------------------------------------ indexes
     def vector_index_uuid(self) -> str:
@@ -152,7 +160,10 @@ class LanceAnn:
         n = self.table.count_rows()
         dim = self.table.schema.field(VECTOR).type.list_size
         plan = plan_lance_index(n, dim, memory_budget_mb, force)
-        if plan.index_type == "IVF_HNSW_SQ":
+        if plan.index_type == "IVF_SQ":
+            config = IvfSq(distance_type="dot", num_partitions=plan.num_partitions)
+            self.table.create_index(VECTOR, config=config, replace=True)
+        elif plan.index_type == "IVF_HNSW_SQ":
             config = HnswSq(
                 distance_type="dot", num_partitions=plan.num_partitions, ef_construction=150
             )
@@ -203,8 +214,9 @@ class LanceAnn:
         truth = self._ids(queries, TUNE_K + 1, flat=True)
         truth = _drop_own(truth, own, TUNE_K)
         grid: list[tuple[int, int, int]]
-        if self.plan.index_type == "IVF_PQ":
-            grid = [(p, r, 0) for p, r in IVF_PQ_GRID]
+        if self.plan.index_type in ("IVF_PQ", "IVF_SQ"):
+            pairs = IVF_PQ_GRID if self.plan.index_type == "IVF_PQ" else IVF_SQ_GRID
+            grid = [(p, r, 0) for p, r in pairs]
         else:
             grid = [(1, 0, ef) for ef in HNSW_EF_GRID]
         chosen = grid[-1]
@@ -227,15 +239,30 @@ class LanceAnn:
         q = np.asarray(vectors, dtype=np.float32)
         builder = self.table.search(q if q.ndim == 1 else list(q), vector_column_name=VECTOR)
         builder = builder.distance_type("dot").limit(k)
+        nprobes = self.plan.nprobes
+        if predicate and not flat and self.plan.index_type != "none":
+            allowed = self.count(predicate)
+            flat = allowed <= FLAT_FILTER_MAX_ROWS
+            selectivity = max(allowed, 1) / max(self.plan.n, 1)
+            nprobes = int(min(10 * nprobes, np.ceil(nprobes / np.sqrt(min(selectivity, 1.0)))))
         if flat or self.plan.index_type == "none":
             builder = builder.bypass_vector_index()
-        elif self.plan.index_type == "IVF_PQ":
-            builder = builder.nprobes(self.plan.nprobes).refine_factor(self.plan.refine_factor)
+        elif self.plan.index_type in ("IVF_PQ", "IVF_SQ"):
+            builder = builder.nprobes(nprobes).refine_factor(self.plan.refine_factor)
         else:
             builder = builder.ef(max(self.plan.ef, k)).refine_factor(1)
         if predicate:
             builder = builder.where(predicate, prefilter=True)
         return builder.select(["id"])
+
+    def count(self, predicate: str) -> int:
+        """Rows a predicate keeps (cached per table version; scalar indexes answer it)."""
+        key = (int(self.table.version), predicate)
+        if key not in self._counts:
+            if len(self._counts) >= COUNT_CACHE:
+                self._counts.pop(next(iter(self._counts)))
+            self._counts[key] = self.table.count_rows(predicate)
+        return self._counts[key]
 
     def search(
         self, vectors: np.ndarray, k: int, predicate: str | None = None, flat: bool = False
