@@ -1,6 +1,6 @@
 """Markdown tables (and the issue's targets, met or missed) from ``priorcase bench --json``.
 
-    priorcase bench --json > bench.json && python benchmarks/results_md.py bench.json
+priorcase bench --json > bench.json && python benchmarks/results_md.py bench.json
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def targets(out: dict) -> list[tuple[str, str, str, bool | None]]:
 def main() -> None:
     out = json.loads(Path(sys.argv[1]).read_text())
     m = out["machine"]
-    print(f"- machine: {m['platform']}, {m['cpus']} CPUs, {m['ram_available_mb']} MB available, GPU {m['gpu']}")
+    print(
+        f"- machine: {m['platform']}, {m['cpus']} CPUs, {m['ram_available_mb']} MB available, GPU {m['gpu']}"
+    )
     print(f"- versions: {m['versions']}")
     print(f"- date: {m['date']}; load average before {m['load_before']}, after {m['load_after']}")
     print(f"- total run time: {out['total_s']} s")
@@ -72,7 +74,9 @@ def main() -> None:
     print("| measure | target | figure | met |")
     print("| --- | --- | --- | --- |")
     for measure, target, figure, met in targets(out):
-        print(f"| {measure} | {target} | {figure} | {'-' if met is None else ('met' if met else 'MISSED')} |")
+        print(
+            f"| {measure} | {target} | {figure} | {'-' if met is None else ('met' if met else 'MISSED')} |"
+        )
     print()
     print(
         "| backend | n | filter | build s | memory MB | open s | p50 ms | p99 ms | batch64 q/s "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,8 @@ def sample(model: EmbeddingModel, n: int, seed: int = 0, chunk: int = 100_000) -
     """``n`` unit vectors drawn from the model (float32, deterministic in ``seed``)."""
     dim = model.dim
     basis_rng = np.random.default_rng(12345)  # the same axes for every draw of a model
-    rotation, _ = np.linalg.qr(basis_rng.standard_normal((dim, dim)))
+    rotation = _rotation(dim)
+    basis_rng.standard_normal((dim, dim))  # keep the centre draws below as they were
     mean = rotation[:, 0] * model.mean_norm
     # cluster centres spread along the strongest within-cluster axes (after the mean axis)
     n_clusters = len(model.weights)
@@ -83,11 +85,18 @@ def sample(model: EmbeddingModel, n: int, seed: int = 0, chunk: int = 100_000) -
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         labels = rng.choice(n_clusters, size=m, p=weights)
-        z = rng.standard_normal((m, len(scale))).astype(np.float32) * scale.astype(np.float32)
+        z = rng.standard_normal((m, len(scale)), dtype=np.float32) * scale.astype(np.float32)
         block = centres[labels].astype(np.float32) + z @ within_axes.astype(np.float32)
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         out[start : start + m] = block
     return out
+
+
+@lru_cache(maxsize=2)
+def _rotation(dim: int) -> np.ndarray:
+    """A seeded random orthogonal basis (QR once per process: it is slow on a busy BLAS)."""
+    rotation, _ = np.linalg.qr(np.random.default_rng(12345).standard_normal((dim, dim)))
+    return rotation
 
 
 def neighbour_stats(x: np.ndarray, k: int = 10) -> dict:

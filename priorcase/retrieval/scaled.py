@@ -116,6 +116,7 @@ class ScaledSearcher:
         self._faiss: tuple[str, BudgetIndex] | None = None
         self._lance: LanceAnn | None = None
         self._key: tuple[tuple[int, int], str] | None = None
+        self._pinned = None  # the table handle of the query under way (one checkout a query)
         self._masks: OrderedDict[tuple[str, str | None, str | None], np.ndarray | None] = (
             OrderedDict()
         )
@@ -138,11 +139,13 @@ class ScaledSearcher:
         chose one (small libraries stay on the exact path of :class:`Searcher`)."""
         if self.backend in SCALE_BACKENDS:
             return True
-        return (
-            self.backend == "auto"
-            and self.store.table is not None
-            and (self.choose().backend != "exact")
-        )
+        if self.backend != "auto" or self.store.table is None:
+            return False
+        self._pinned = self.store.table  # search() right after reuses this checkout
+        routed = self.choose().backend != "exact"
+        if not routed:
+            self._pinned = None
+        return routed
 
     def prepare(self) -> str:
         """Bring the indexes of the chosen path up to date (``priorcase index``): LanceDB's
@@ -175,14 +178,16 @@ class ScaledSearcher:
 
     # ------------------------------------------------------------------ choice
     def content_key(self) -> str:
-        """Identifies the table's content: version and commit time (a rebuilt table restarts
-        its version numbers but not its clock)."""
+        """Identifies the table's content, not its version number (a rebuilt table restarts
+        its versions; an index build makes a version without changing the rows)."""
         table = self._table()
         memo = (id(table), int(table.version))
         if self._key is not None and self._key[0] == memo:
             return self._key[1]
         latest = max(table.list_versions(), key=lambda v: v["version"])
-        raw = f"{table.version}|{latest['timestamp'].isoformat()}|{table.count_rows()}"
+        # data files, rows, deletions and bytes: unchanged by index builds (which make new
+        # versions), changed by any write or compaction (which also renumbers row ids)
+        raw = json.dumps(latest["metadata"], sort_keys=True)
         key = hashlib.sha256(raw.encode()).hexdigest()[:16]
         self._key = (memo, key)
         return key
@@ -203,6 +208,8 @@ class ScaledSearcher:
         return choice
 
     def _table(self):
+        if self._pinned is not None:
+            return self._pinned
         table = self.store.table
         if table is None:
             raise QueryError(f"index {self.store.db_dir} is empty: run 'priorcase ingest' first")
@@ -218,6 +225,14 @@ class ScaledSearcher:
     ) -> list[list[SearchHit]]:
         """The k most similar stored cases for each query, best first; queries that share
         their exclusions go through one batched kNN call."""
+        try:
+            if self._pinned is None:
+                self._pinned = self._table()
+            return self._search(queries, k, kind, where)
+        finally:
+            self._pinned = None
+
+    def _search(self, queries, k, kind, where) -> list[list[SearchHit]]:
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
         if not queries:
