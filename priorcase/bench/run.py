@@ -29,6 +29,7 @@ from priorcase.index.vector_index import VectorIndex
 from priorcase.retrieval.scaled import THRESHOLDS_PATH, Query, ScaledSearcher
 
 K = 10
+DIM = 512
 SELECTIVITIES = (1.0, 0.1, 0.01)
 BATCH = 64
 SINGLE_QUERIES = 50
@@ -138,11 +139,11 @@ def positions_to_lists(positions: np.ndarray) -> list[list[int]]:
 
 def bench_size(n: int, model: EmbeddingModel, root: Path, results: list, derived: dict) -> dict:
     """Every non-``auto`` backend at one size; returns what the ``auto`` pass needs."""
-    dim = model.dim
+    dim = DIM
     log(f"n={n}: sampling")
-    exact = VectorIndex(sample(model, n, seed=n), "exact")
+    exact = VectorIndex(sample(model, n, seed=n, dim=dim), "exact")
     x = exact.vectors  # one copy of the library in memory
-    queries = sample(model, 200, seed=n + 1)
+    queries = sample(model, 200, seed=n + 1, dim=dim)
     db = root / f"lib-{n}"
     log(f"n={n}: writing the library")
     store, buckets = write_library(db, x, ENCODER)
@@ -302,7 +303,7 @@ def bench_auto(n: int, info: dict, results: list) -> None:
             return [[h.id for h in hits] for hits in batch]
 
         e = measure(
-            "auto", n, 512, s, run, info["queries"], info["truth_ids"][s],
+            "auto", n, DIM, s, run, info["queries"], info["truth_ids"][s],
             build_s=build, open_s=open_s, chosen=name,
             reason=chosen.reason if chosen else "",
         )  # fmt: skip
