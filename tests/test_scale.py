@@ -66,14 +66,17 @@ def test_every_auto_path_answers_like_exact_search(small_db: Path, backend: str)
     assert searcher.chosen is not None and searcher.chosen.backend == backend
 
 
-def test_auto_picks_exact_for_small_and_says_so(small_db: Path) -> None:
+def test_auto_picks_exact_for_small_and_says_which_otherwise(small_db: Path) -> None:
     said: list[str] = []
     pc = priorcase.open(small_db, notify=said.append)
     hits = pc.search(id="c0000005", k=3)
     assert len(hits) == 3
     assert not pc.searcher.scaled.routes() or pc.searcher.scaled.chosen.backend != "exact"
     assert pc.searcher.scaled.chosen.backend == "exact"
-    assert said and said[0].startswith("search backend: exact")
+    assert not said  # the exact path of small libraries stays silent
+    loud = priorcase.open(small_db, backend="lance", notify=said.append)
+    assert loud.search(id="c0000005", k=3)[0].id == hits[0].id
+    assert said == ["search backend: lance (asked for)"]
 
 
 def test_choose_follows_thresholds_and_budget() -> None:

@@ -202,7 +202,8 @@ class ScaledSearcher:
             dim = table.schema.field("vector").type.list_size
             remote = str(self.store.db_dir).startswith(REMOTE_PREFIXES)
             choice = choose(table.count_rows(), dim, remote, self.memory_budget_mb)
-        if choice != self.chosen and self.notify is not None:
+        # small libraries (exact) stay silent, as before; `priorcase index` always says which
+        if choice != self.chosen and self.notify is not None and choice.backend != "exact":
             self.notify(f"search backend: {choice.backend} ({choice.reason})")
         self.chosen = choice
         return choice
