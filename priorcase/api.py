@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +50,11 @@ class PriorCase:
         device: str | None = None,
         backend: str = "auto",
         notify: Callable[[str], None] = print,
+        target_recall: float | None = None,
+        memory_budget_mb: float | None = None,
     ) -> None:
         self.core = Core(db, encoder, device, backend, notify)
+        self.core.searcher.scaled.configure(memory_budget_mb, target_recall, notify)
         self.spaces = TextSpaces(self.core)
         self.reference = LibraryReference(self.spaces)
         self._classifiers: LibraryClassifiers | None = None
@@ -192,6 +195,35 @@ class PriorCase:
         kind = kind or ("roi" if self.store.count("roi") else "tile")
         group = self.query_group(loaded) if exclude_same_patient else None
         return self.searcher.search(vector, k, kind, where, group)
+
+    def search_batch(
+        self,
+        images: Sequence[str | Path | LoadedImage],
+        k: int = 10,
+        where: str | None = None,
+        exclude_same_patient: bool = False,
+        kind: str | None = None,
+        batch_size: int = 32,
+    ) -> list[list[SearchHit]]:
+        """The k most similar cases to each image, in order: images are embedded in batches
+        and searched with one batched kNN call (per distinct same-patient exclusion)."""
+        loaded = [im if isinstance(im, LoadedImage) else self.read(im) for im in images]
+        if not loaded:
+            return []
+        # preprocessed as the index's films were (breast crop and flip), like embed()
+        views = [query_view(self.store, im).pixels for im in loaded]
+        vectors = np.concatenate(
+            [
+                self.encoder.embed_pixels(views[i : i + batch_size])
+                for i in range(0, len(views), batch_size)
+            ]
+        )
+        groups = [self.query_group(im) if exclude_same_patient else None for im in loaded]
+        return self.searcher.search_batch(vectors, check_k(k), kind, where, groups)
+
+    def build_indexes(self) -> str:
+        """Bring the search indexes up to date (``priorcase index``); a one-line summary each."""
+        return self.searcher.scaled.prepare()
 
     def query_group(self, image: LoadedImage) -> str | None:
         """The query's group: that of its stored copy (same bytes), else its DICOM patient."""

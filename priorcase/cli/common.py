@@ -19,6 +19,8 @@ def open_library(args: argparse.Namespace):
         device=args.device,
         backend=args.backend,
         notify=lambda message: print(message, file=sys.stderr),
+        target_recall=getattr(args, "target_recall", None),
+        memory_budget_mb=getattr(args, "memory_budget_mb", None),
     )
 
 

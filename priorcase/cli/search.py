@@ -18,6 +18,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from priorcase.retrieval.reference import search_reference
 
     pc = open_library(args)
+    if args.images is not None:
+        return search_folder(pc, args)
     if args.as_of is not None:
         pc.as_of(args.as_of)
     hits = pc.search(
@@ -45,6 +47,35 @@ def cmd_search(args: argparse.Namespace) -> int:
         if reference.reason:  # stderr: stdout stays the table
             print(f"warning: {reference.reason}", file=sys.stderr)
         print(format_hits(hits, percentiles))
+    return 0
+
+
+def search_folder(pc, args: argparse.Namespace) -> int:
+    """JSON lines, one per image file of a folder, searched as one batch; an unreadable file
+    gets a line with its error and the rest go on."""
+    from priorcase.ingest.readers import iter_image_files
+
+    loaded, failed = [], 0
+    for path in iter_image_files([args.images]):
+        try:
+            loaded.append(pc.read(path))
+        except PriorcaseError as err:
+            failed += 1
+            print(json.dumps({"query": str(path), "error": str(err)}))
+    results = pc.search_batch(
+        loaded,
+        k=args.k,
+        where=args.where,
+        exclude_same_patient=args.exclude_same_patient,
+        kind=args.kind,
+    )
+    for image, hits in zip(loaded, results, strict=True):
+        print(json.dumps({"query": str(image.path), "results": [h.to_json() for h in hits]}))
+    return 1 if failed and not loaded else 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    print(open_library(args).build_indexes())
     return 0
 
 
@@ -78,6 +109,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     query.add_argument("--image", type=Path)
     query.add_argument("--text")
     query.add_argument("--id")
+    query.add_argument(
+        "--images", type=Path, help="folder of query images: JSON lines, one per file, batched"
+    )
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--where", help="LanceDB SQL filter, e.g. \"tissue = 'D'\"")
     p.add_argument("--exclude-same-patient", action="store_true")
@@ -89,6 +123,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("index", help="build or update the search indexes (LanceDB, FAISS)")
+    with_db(p)
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("info", help="what an index holds")
     with_db(p)

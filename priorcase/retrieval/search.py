@@ -12,6 +12,8 @@ from priorcase.index.artifacts import BoundedCache
 from priorcase.index.store import CaseStore, Snapshot
 from priorcase.index.vector_index import VectorIndex
 from priorcase.records import SearchHit
+from priorcase.retrieval.scaled import SCALE_BACKENDS, Query, ScaledSearcher
+from priorcase.retrieval.where import parse_where
 
 KINDS = ("image", "roi", "tile")
 MAX_K = 10_000  # results per query: beyond this a "k" is a typo, and would allocate k columns
@@ -56,9 +58,40 @@ class Searcher:
 
     def __init__(self, store: CaseStore, backend: str = "auto", use_gpu: bool = False) -> None:
         self.store = store
-        self.backend = backend
+        self.backend = "auto" if backend in SCALE_BACKENDS else backend  # text queries
         self.use_gpu = use_gpu
         self._indexes = BoundedCache(MAX_CACHED_INDEXES)
+        # large libraries (auto) and the faiss-ann / lance backends: batched, filters pushed down
+        self.scaled = ScaledSearcher(store, backend, use_gpu)
+
+    def search_batch(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        kind: str | None = None,
+        where: str | None = None,
+        exclude_groups: list[str | None] | None = None,
+        exclude_ids: set[str] | None = None,
+    ) -> list[list[SearchHit]]:
+        """Image-space kNN for many query vectors in one batched call of the scaled searcher
+        (large libraries, ``faiss-ann``, ``lance``; exact otherwise); each query may leave one
+        group out. ``where`` goes through the same strict parser as every other search, and a
+        search of no particular kind leaves tiles out, as :meth:`search` does."""
+        if kind is not None and kind not in KINDS:
+            raise QueryError(f"unknown kind {kind!r}: use image, roi or tile")
+        k = check_k(k)
+        groups = exclude_groups or [None] * len(vectors)
+        if not self.scaled.routes():
+            return [
+                self.search(v, k, kind, where, g, exclude_ids)
+                for v, g in zip(vectors, groups, strict=True)
+            ]
+        sql = parse_where(where, self.store.filterable_columns()) if where else None
+        if kind is None:
+            sql = "kind != 'tile'" if sql is None else f"({sql}) AND kind != 'tile'"
+        ids = frozenset(exclude_ids or ())
+        queries = [Query(v, g, ids) for v, g in zip(vectors, groups, strict=True)]
+        return self.scaled.search(queries, k, kind, sql)
 
     def index_for(
         self, snapshot: Snapshot, kind: str | None, space: JointSpace | None = None
@@ -121,6 +154,9 @@ class Searcher:
         if kind is not None and kind not in KINDS:
             raise QueryError(f"unknown kind {kind!r}: use image, roi or tile")
         k = check_k(k)
+        if space is None and self.scaled.routes():
+            one = vector[None, :]
+            return self.search_batch(one, k, kind, where, [exclude_group], exclude_ids)[0]
         snapshot = self.store.snapshot(kind)
         if len(snapshot.ids) == 0:
             return []
