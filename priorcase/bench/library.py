@@ -78,9 +78,8 @@ def _record(i: int, vector: np.ndarray, kind: str, bucket: int) -> CaseRecord:
         id=f"c{i:07d}",
         kind=str(kind),
         vector=vector,
-        key=f"k{i:07d}",
+        key=f"c{i:07d}",
         content_hash=f"h{i:07d}",
-        path=f"synthetic/{i:07d}.png",
         labels={"bucket": f"b{bucket:02d}"},
         patient=f"p{i // ROWS_PER_PATIENT:07d}",
         group=f"p{i // ROWS_PER_PATIENT:07d}",
@@ -95,10 +94,9 @@ def _columns(
     groups = [f"p{i // ROWS_PER_PATIENT:07d}" for i in ids]
     values = {
         "id": [f"c{i:07d}" for i in ids],
-        "key": [f"k{i:07d}" for i in ids],
+        "key": [f"c{i:07d}" for i in ids],
         "kind": kinds.tolist(),
         "content_hash": [f"h{i:07d}" for i in ids],
-        "path": [f"synthetic/{i:07d}.png" for i in ids],
         "patient": groups,
         "group": groups,
         "bucket": [f"b{b:02d}" for b in buckets],
