@@ -15,6 +15,8 @@ def run_demo(
     host: str = "127.0.0.1",
     port: int = 7860,
     device: str | None = None,
+    auth: str | None = None,
+    insecure_no_auth: bool = False,
 ) -> int:
     import priorcase
     from priorcase.retrieval.hits_table import format_hits
@@ -41,5 +43,7 @@ def run_demo(
     if serve:
         from priorcase.ui.app import serve as serve_ui
 
-        serve_ui(db, host=host, port=port, device=device)
+        serve_ui(
+            db, host=host, port=port, device=device, auth=auth, insecure_no_auth=insecure_no_auth
+        )
     return 0

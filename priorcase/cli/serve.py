@@ -12,7 +12,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from priorcase.demo import run_demo
 
     return run_demo(
-        db=args.db, serve=not args.no_serve, host=args.host, port=args.port, device=args.device
+        db=args.db,
+        serve=not args.no_serve,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        auth=args.auth,
+        insecure_no_auth=args.insecure_no_auth,
     )
 
 
@@ -34,6 +40,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register serve and demo."""
     p = sub.add_parser("serve", help="web UI (binds to 127.0.0.1 unless told otherwise)")
     with_db(p)
+    add_serving_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="index the MIAS mammograms and serve the UI")
+    p.add_argument("--db", default=os.path.join("priorcase-data", "mias-bundled"))
+    p.add_argument("--no-serve", action="store_true", help="print example searches and exit")
+    add_serving_arguments(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def add_serving_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the UI listens, and its login (required beyond loopback)."""
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument(
@@ -46,11 +64,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve beyond 127.0.0.1 without a login (trusted networks only)",
     )
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("demo", help="index the MIAS mammograms and serve the UI")
-    p.add_argument("--db", default=os.path.join("priorcase-data", "mias-bundled"))
-    p.add_argument("--no-serve", action="store_true", help="print example searches and exit")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
-    p.set_defaults(func=cmd_demo)
