@@ -113,6 +113,11 @@ def table_rows(db: Path) -> pa.Table:
     return lancedb.connect(str(db)).open_table("cases").to_arrow()
 
 
+def rows_by_id(db: Path) -> dict[str, dict]:
+    """Every row of the ``cases`` table as a dict, by id."""
+    return {r["id"]: r for r in table_rows(db).to_pylist()}
+
+
 def row_count(db: Path) -> int:
     conn = lancedb.connect(str(db))
     if "cases" not in conn.list_tables().tables:

@@ -23,6 +23,7 @@ import pytest
 from fixtures import (
     assert_unique,
     breast_like,
+    rows_by_id,
     table_rows,
     write_csv,
     write_dicom,
@@ -38,10 +39,6 @@ from priorcase.index.manifest import MANIFEST_NAME
 from priorcase.ingest.pseudonym import KEY_FILE_ENV, SALT_ENV, SALT_FILE, Pseudonymizer
 
 FAST = {"workers": 0, "progress": False}
-
-
-def _rows(db: Path) -> dict[str, dict]:
-    return {r["id"]: r for r in table_rows(db).to_pylist()}
 
 
 def _files_state(db: Path) -> dict[str, bytes]:
@@ -78,7 +75,7 @@ def test_salt_fingerprint_recorded_and_a_changed_salt_is_refused(
     (db / SALT_FILE).unlink()
     with pytest.raises(SaltMismatchError, match="another pseudonym salt"):
         priorcase.open(db, encoder=tiny_clip).ingest(tmp_path / "b", **FAST)
-    assert _rows(db).keys() == {"one"}
+    assert rows_by_id(db).keys() == {"one"}
 
 
 def test_key_file_outside_the_library(
@@ -178,7 +175,7 @@ def test_identifier_columns_paths_and_dicom_free_text_are_never_stored(
     assert not {"patient_name", "Birth Date", "dob", "accession", "note", "body_part"} & set(
         table.column_names
     )
-    rows = _rows(db)
+    rows = rows_by_id(db)
     # the group column is kept as a pseudonym, same for the same record number
     left, right = rows["JANE_DOE_left"], rows["JANE_DOE_right"]
     assert left["MRN"].startswith("anon-") and left["MRN"] == right["MRN"] == left["group"]
@@ -275,7 +272,7 @@ def test_a_corrupt_file_does_not_steal_the_id_of_a_good_one(tmp_path: Path, tiny
     assert report.stored_images == 1
     assert len(report.failures) == 1 and "case1.jpg" in report.failures[0]
     assert "truncated or corrupt" in report.failures[0]
-    assert set(_rows(tmp_path / "db")) == {"case1"}
+    assert set(rows_by_id(tmp_path / "db")) == {"case1"}
 
 
 def test_same_bytes_under_two_names_keep_their_own_ids_and_labels(
@@ -294,7 +291,7 @@ def test_same_bytes_under_two_names_keep_their_own_ids_and_labels(
     report = pc.ingest(data, labels=labels, **FAST)
     assert report.stored_images == 2 and report.failures == []
     assert any("same bytes" in n and "mdb021" in n for n in report.notes)
-    rows = _rows(db)
+    rows = rows_by_id(db)
     assert rows["mdb021"]["pathology"] == "malignant"
     assert rows["aaa_copy"]["pathology"] == "benign"
     assert {h.id for h in pc.search(id="aaa_copy", k=1)} == {"mdb021"}
@@ -310,7 +307,9 @@ def test_uid_named_dicom_files_keep_distinct_ids(tmp_path: Path, tiny_clip) -> N
         path.rename(data / f"1.2.840.113619.2.55.3.{n}")
     report = priorcase.open(tmp_path / "db", encoder=tiny_clip).ingest(data, **FAST)
     assert report.stored_images == 3, report.summary()
-    assert set(_rows(tmp_path / "db")) == {f"1.2.840.113619.2.55.3.{n}" for n in (1001, 1002, 1003)}
+    assert set(rows_by_id(tmp_path / "db")) == {
+        f"1.2.840.113619.2.55.3.{n}" for n in (1001, 1002, 1003)
+    }
 
 
 # ---------------------------------------------------------------- corrections
@@ -336,14 +335,14 @@ def test_corrected_labels_and_findings_update_the_stored_rows(tmp_path: Path, ti
     pc = priorcase.open(db, encoder=tiny_clip)
     first = pc.ingest(data, labels=labels, findings=findings, **FAST)
     assert (first.stored_images, first.stored_rois) == (2, 1)
-    thumb_before = _rows(db)["f1-roi1"]["thumbnail"]
+    thumb_before = rows_by_id(db)["f1-roi1"]["thumbnail"]
 
     # a corrected labels row: updated in place, ROI rows follow the image's label
     write_csv(labels, ["image_id", "tissue", "density"], [["f1", "D", "3"], ["f2", "G", "1"]])
     second = pc.ingest(data, labels=labels, findings=findings, **FAST)
     assert (second.stored, second.updated, second.duplicates) == (0, 1, 1)
     assert "updated 1" in second.summary()
-    rows = _rows(db)
+    rows = rows_by_id(db)
     assert rows["f1"]["tissue"] == "D" and rows["f1-roi1"]["tissue"] == "D"
     assert rows["f1"]["density"] == "3" and rows["f1-roi1"]["density"] == "4"
     assert rows["f1-roi1"]["severity"] == "benign"
@@ -365,7 +364,7 @@ def test_corrected_labels_and_findings_update_the_stored_rows(tmp_path: Path, ti
         if r["parent_id"] == "f1"
     )
     assert rois == [((40, 160, 16), "benign"), ((80, 100, 24), "malignant")]
-    assert _rows(db)["f1-roi1"]["thumbnail"] != thumb_before
+    assert rows_by_id(db)["f1-roi1"]["thumbnail"] != thumb_before
     assert sum(r["kind"] == "image" for r in rows) == 2
 
 
@@ -391,14 +390,14 @@ def test_delete_erases_rows_rois_derived_files_and_old_versions(tmp_path: Path, 
     db = tmp_path / "db"
     pc = priorcase.open(db, encoder=tiny_clip)
     pc.ingest(data, findings=findings, batch_size=1, **FAST)  # several versions on disk
-    rows = _rows(db)
+    rows = rows_by_id(db)
     erased = [rows["f0"]["thumbnail"], rows["f0-roi1"]["thumbnail"]]
     for derived in ("classifiers/head.joblib", "faiss/index.faiss", "text-aligner-v3.pt"):
         (db / derived).parent.mkdir(parents=True, exist_ok=True)
         (db / derived).write_bytes(b"derived")
 
     assert pc.delete(ids=["f0"]) == (1, 1)
-    assert set(_rows(db)) == {"f1", "f1-roi1", "f2", "pat"}
+    assert set(rows_by_id(db)) == {"f1", "f1-roi1", "f2", "pat"}
     assert not (db / "classifiers").exists() and not (db / "faiss").exists()
     assert not list(db.glob("text-aligner-*.pt"))
     for path in db.rglob("*"):
@@ -408,10 +407,10 @@ def test_delete_erases_rows_rois_derived_files_and_old_versions(tmp_path: Path, 
 
     # from the command line: by patient ID (pseudonymised), and by filter
     assert main(["delete", "--db", str(db), "--patient-id", "ERASE-ME"]) == 0
-    assert "pat" not in _rows(db)
+    assert "pat" not in rows_by_id(db)
     assert main(["delete", "--db", str(db), "--where", "id = 'f1'"]) == 0
     assert main(["delete", "--db", str(db), "--id", "nosuch"]) == 1
-    assert set(_rows(db)) == {"f2"}
+    assert set(rows_by_id(db)) == {"f2"}
     assert priorcase.open(db, encoder=tiny_clip).search(id="f2", k=5) == []
 
 

@@ -16,6 +16,7 @@ from fixtures import (
     assert_unique,
     breast_like,
     row_count,
+    rows_by_id,
     table_rows,
     write_csv,
     write_dicom,
@@ -32,10 +33,6 @@ from priorcase.index.manifest import MANIFEST_NAME
 from priorcase.ingest.pseudonym import SALT_FILE
 
 FAST = {"workers": 0, "progress": False}
-
-
-def _rows_by_id(db: Path) -> dict[str, dict]:
-    return {r["id"]: r for r in table_rows(db).to_pylist()}
 
 
 # ---------------------------------------------------------------- labels CSV
@@ -55,7 +52,7 @@ def test_labels_join_by_file_column(tmp_path: Path, tiny_clip) -> None:
     report = pc.ingest(data, labels=csv, **FAST)
     assert report.stored_images == 3 and report.failures == []
     assert any("1 images have no row" in n for n in report.notes)
-    rows = _rows_by_id(tmp_path / "db")
+    rows = rows_by_id(tmp_path / "db")
     assert set(rows) == {"a", "b", "c"}
     # strings are kept as written (no number parsing), empty cells become None
     assert (rows["a"]["tissue"], rows["a"]["code"], rows["a"]["note"]) == ("D", "007", None)
@@ -78,7 +75,7 @@ def test_labels_join_by_id_is_file_stem(tmp_path: Path, tiny_clip, id_column: st
     )
     report = priorcase.open(tmp_path / "db", encoder=tiny_clip).ingest(data, labels=csv, **FAST)
     assert report.stored_images == 3 and report.failures == []
-    rows = _rows_by_id(tmp_path / "db")
+    rows = rows_by_id(tmp_path / "db")
     assert {i: r["pathology"] for i, r in rows.items()} == {
         "img000": "benign",
         "img001": None,
@@ -107,7 +104,7 @@ def test_findings_make_one_roi_row_per_located_finding(tmp_path: Path, tiny_clip
     pc = priorcase.open(tmp_path / "db", encoder=tiny_clip)
     report = pc.ingest(data, findings=findings, **FAST)
     assert (report.stored_images, report.stored_rois, report.failures) == (3, 3, [])
-    rows = _rows_by_id(tmp_path / "db")
+    rows = rows_by_id(tmp_path / "db")
     rois = {i: r for i, r in rows.items() if r["kind"] == "roi"}
     assert set(rois) == {"a-roi1", "a-roi2", "c-roi1"}
     geometry = {i: (r["roi_x"], r["roi_y"], r["roi_radius"]) for i, r in rois.items()}
@@ -166,7 +163,7 @@ def test_normal_roi_sampled_inside_the_breast(tmp_path: Path, tiny_clip) -> None
     pc = priorcase.open(tmp_path / "db", encoder=tiny_clip)
     report = pc.ingest(data, findings=findings, normal_rois=1, normal_roi_radius=16, **FAST)
     assert report.failures == [] and report.stored_rois == 2
-    rows = _rows_by_id(tmp_path / "db")
+    rows = rows_by_id(tmp_path / "db")
     normal = [r for r in rows.values() if r["kind"] == "roi" and r["parent_id"] == "normal"]
     assert len(normal) == 1
     roi = normal[0]
@@ -364,7 +361,7 @@ def test_patient_identifiers_never_reach_the_index(tmp_path: Path, tiny_clip) ->
             blob = path.read_bytes()
             assert not any(s.encode() in blob for s in long_secrets), f"identifier in {path}"
 
-    rows = _rows_by_id(db)
+    rows = rows_by_id(db)
     assert rows["study1"]["patient"].startswith("anon-")
     assert rows["film2"]["patient"].startswith("anon-")
     assert rows["film2"]["patient"] == rows["film3"]["patient"] == rows["film2"]["group"]
@@ -458,7 +455,7 @@ def test_normal_roi_radius_matches_the_lesion_radii(tmp_path: Path, tiny_clip) -
     data, findings, mask = _normal_and_lesion_films(tmp_path, 4, lesion_radius=22)
     pc = priorcase.open(tmp_path / "db", encoder=tiny_clip)
     pc.ingest(data, findings=findings, normal_rois=1, **FAST)  # no fixed radius given
-    rows = _rows_by_id(tmp_path / "db")
+    rows = rows_by_id(tmp_path / "db")
     normal = [r for r in rows.values() if r["kind"] == "roi" and r["parent_id"] == "normal"]
     assert [r["roi_radius"] for r in normal] == [22]  # the only lesion radius on offer
     assert mask[normal[0]["roi_y"], normal[0]["roi_x"]]
