@@ -387,9 +387,12 @@ def _operating_row(target: str, threshold: float, is_pos: np.ndarray, score: np.
     fp = int((pred & ~is_pos).sum())
     tn = int((~pred & ~is_pos).sum())
     fn = int((~pred & is_pos).sum())
+    return {"target": target, "threshold": float(threshold), **_confusion(tp, fp, tn, fn)}
+
+
+def _confusion(tp: int, fp: int, tn: int, fn: int) -> dict[str, Any]:
+    """Sensitivity, specificity and the four counts of one operating point."""
     return {
-        "target": target,
-        "threshold": float(threshold),
         "sensitivity": tp / (tp + fn) if tp + fn else math.nan,
         "specificity": tn / (tn + fp) if tn + fp else math.nan,
         "TP": tp,
@@ -461,12 +464,7 @@ def nested_threshold_table(
                 "target": target,
                 "threshold": float(np.median(thresholds)),
                 "thresholds": thresholds,
-                "sensitivity": tp / (tp + fn) if tp + fn else math.nan,
-                "specificity": tn / (tn + fp) if tn + fp else math.nan,
-                "TP": tp,
-                "FP": fp,
-                "TN": tn,
-                "FN": fn,
+                **_confusion(tp, fp, tn, fn),
                 "chosen_on": "training folds (out-of-fold predictions)",
             }
         )
