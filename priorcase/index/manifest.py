@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from filelock import FileLock
 
 from priorcase.errors import EncoderMismatchError, PriorcaseError, SaltMismatchError, StorageError
+from priorcase.index.artifacts import atomic_write
 
 MANIFEST_NAME = "priorcase-manifest.json"
 LOCK_NAME = ".priorcase-manifest.lock"
@@ -127,20 +127,17 @@ class Manifest:
         full disk never leaves half a manifest nor a stray temporary file."""
         self.updated = _now()
         text = json.dumps(asdict(self), indent=2, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=db_dir, prefix=".manifest-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
+
+        def write(tmp: Path) -> None:
+            tmp.write_text(text)
             os.chmod(tmp, 0o644)  # no secret inside: readable like the table
-            os.replace(tmp, db_dir / MANIFEST_NAME)
+
+        try:
+            atomic_write(db_dir / MANIFEST_NAME, write)
         except OSError as err:
             raise StorageError(
                 f"{db_dir}: cannot write the manifest: {err.strerror or err}"
             ) from err
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, db_dir: Path) -> Manifest | None:
