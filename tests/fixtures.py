@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
 from pathlib import Path
 
 import lancedb
@@ -133,3 +135,14 @@ def assert_unique(db: Path) -> pa.Table:
     assert len(set(ids)) == len(ids), f"duplicate ids: {sorted(i for i in ids if ids.count(i) > 1)}"
     assert len(set(keys)) == len(keys), "duplicate dedup keys"
     return rows
+
+
+def ingest_command(*args: str | Path) -> list[str]:
+    """``priorcase ingest ARGS`` as a child process runs it (bundled encoder, no workers, quiet)."""
+    return [
+        sys.executable, "-m", "priorcase.cli", "ingest", *map(str, args),
+        "--encoder", "bundled", "--workers", "0", "--quiet",
+    ]  # fmt: skip
+
+
+OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}  # a child must never try a model hub

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from fixtures import assert_unique, write_csv, write_pngs
+from fixtures import OFFLINE_ENV, assert_unique, ingest_command, write_csv, write_pngs
 
 from priorcase.index.manifest import MANIFEST_NAME
 
 
 def _start(db: Path, source: Path, labels: Path) -> subprocess.Popen:
-    cmd = [
-        sys.executable, "-m", "priorcase.cli", "ingest", str(source), "--db", str(db),
-        "--encoder", "bundled", "--labels", str(labels),
-        "--batch-size", "2", "--workers", "0", "--quiet",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = ingest_command(source, "--db", db, "--labels", labels, "--batch-size", "2")
+    return subprocess.Popen(
+        cmd, env=OFFLINE_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _run_together(*runs: tuple[Path, Path, Path]) -> list[tuple[int, str, str]]:

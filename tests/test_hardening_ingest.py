@@ -12,7 +12,6 @@ import os
 import stat
 import struct
 import subprocess
-import sys
 import threading
 import zlib
 from pathlib import Path
@@ -21,8 +20,10 @@ import lancedb
 import numpy as np
 import pytest
 from fixtures import (
+    OFFLINE_ENV,
     assert_unique,
     breast_like,
+    ingest_command,
     rows_by_id,
     table_rows,
     write_csv,
@@ -511,13 +512,8 @@ def test_every_bad_file_is_counted_with_its_reason(tmp_path: Path, tiny_clip, na
 def test_cli_fifo_on_the_command_line_does_not_hang(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.dcm")
     write_png(tmp_path / "ok.png", 1)
-    done = subprocess.run(
-        [sys.executable, "-m", "priorcase.cli", "ingest", str(tmp_path / "pipe.dcm"),
-         str(tmp_path / "ok.png"), "--db", str(tmp_path / "db"), "--encoder", "bundled",
-         "--workers", "0", "--quiet"],
-        capture_output=True, text=True, timeout=50,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
+    cmd = ingest_command(tmp_path / "pipe.dcm", tmp_path / "ok.png", "--db", tmp_path / "db")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=50, env=OFFLINE_ENV)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "stored 1 images" in done.stdout and "1 failed" in done.stdout
     assert "pipe.dcm: is a FIFO" in done.stdout and "Traceback" not in done.stderr

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fixtures import (
+    OFFLINE_ENV,
     TINY_SPEC,
     assert_unique,
     breast_like,
+    ingest_command,
     row_count,
     rows_by_id,
     table_rows,
@@ -414,13 +414,8 @@ def test_sigkill_mid_ingest_then_rerun_stores_everything_once(tmp_path: Path) ->
         tmp_path / "findings.csv", ["image_id", "severity", "x", "y", "radius"], findings_rows
     )
     db = tmp_path / "db"
-    cmd = [
-        sys.executable, "-m", "priorcase.cli", "ingest", str(data), "--db", str(db),
-        "--encoder", "bundled", "--findings", str(findings),
-        "--batch-size", "4", "--workers", "0", "--quiet",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cmd = ingest_command(data, "--db", db, "--findings", findings, "--batch-size", "4")
+    proc = subprocess.Popen(cmd, env=OFFLINE_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
         while row_count(db) == 0 and proc.poll() is None and time.monotonic() < deadline:
@@ -437,7 +432,7 @@ def test_sigkill_mid_ingest_then_rerun_stores_everything_once(tmp_path: Path) ->
     partial = row_count(db)
     assert 0 < partial < 60 + len(findings_rows)
 
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=OFFLINE_ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = assert_unique(db)
     kinds = rows.column("kind").to_pylist()
