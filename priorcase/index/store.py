@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from priorcase.errors import QueryError, StorageError
 from priorcase.index.manifest import Manifest
+from priorcase.index.previews import Previews
 from priorcase.records import CaseRecord, SearchHit
 
 TABLE_NAME = "cases"
@@ -265,6 +266,7 @@ class CaseStore:
         where = f"id IN ({quoted}) OR parent_id IN ({quoted})"
         images = table.count_rows(f"kind = 'image' AND ({where})")
         total = self.delete_rows(where)
+        Previews(self).delete(list(ids))  # the full-resolution film goes with the case
         self.remove_derived()
         self.compact()
         return images, total - images

@@ -21,6 +21,7 @@ from priorcase.encoders.base import Encoder
 from priorcase.encoders.preprocess import PreprocessConfig, preprocess_pixels
 from priorcase.errors import ImageReadError, LabelsError, PriorcaseError, StorageError
 from priorcase.index.manifest import Manifest
+from priorcase.index.previews import encode_preview, store_previews
 from priorcase.index.store import CaseStore, StoredRow, sql_quote
 from priorcase.ingest.breast import MAMMOGRAPHY, BreastConfig, BreastView, prepare
 from priorcase.ingest.columns import MAX_COLUMNS, check_names
@@ -156,6 +157,7 @@ def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer, views: _Views) -
         "task": task,
         "tensor": preprocess(view.pixels),
         "thumbnail": make_thumbnail(pixels),
+        "preview": encode_preview(pixels),  # full resolution for the viewer
         "metadata": metadata,
         "patient": image.patient,
         "rois": roi_items,
@@ -445,6 +447,7 @@ def _embed_and_store(
                 manifest.metadata_columns += sorted(new_meta)
                 manifest.commit(store.db_dir)  # columns first: a crash leaves only unused names
             commits += _write(store, records, {i["task"].image_id: i["task"] for i in good}, report)
+            store_previews(store, good)
             no_room += [
                 item["task"].path.name
                 for item in good
