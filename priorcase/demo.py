@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from priorcase.datasets.mias import download_mias, find_mias
+from priorcase.index.vocabulary import MIAS_VOCABULARY, record_vocabulary
 
 DEMO_ENCODER = "bundled"
 
@@ -33,6 +34,7 @@ def run_demo(
         normal_rois=1,
         modality="MG",  # breast crop, flip and lesion-sized tiles
     )
+    record_vocabulary(pc.store.db_dir, MIAS_VOCABULARY)  # plain words for MIAS codes
     print(report.summary())
     example = sorted(folder.images.glob("*"))[0]
     print(f"\nnearest cases to {example.name} (other patients only):")

@@ -128,10 +128,7 @@ def store_previews(store: CaseStore, items: list[dict]) -> None:
     previews = Previews(store)
     for batch, update in ((fresh, False), (fixed, True)):
         previews.put(
-            [
-                Preview(i["task"].image_id, i["preview"], *_size(i["metadata"]))
-                for i in batch
-            ],
+            [Preview(i["task"].image_id, i["preview"], *_size(i["metadata"])) for i in batch],
             update=update,
         )
 

@@ -22,6 +22,7 @@ from priorcase.encoders.preprocess import PreprocessConfig, preprocess_pixels
 from priorcase.errors import ImageReadError, LabelsError, PriorcaseError, StorageError
 from priorcase.index.manifest import Manifest
 from priorcase.index.previews import encode_preview, store_previews
+from priorcase.index.vocabulary import record_vocabulary
 from priorcase.index.store import CaseStore, StoredRow, sql_quote
 from priorcase.ingest.breast import MAMMOGRAPHY, BreastConfig, BreastView, prepare
 from priorcase.ingest.columns import MAX_COLUMNS, check_names
@@ -242,6 +243,7 @@ def ingest(
         if tasks or label_updates:
             manifest.commit(store.db_dir)  # columns first: a crash leaves only unused names
             store.manifest = manifest
+            record_vocabulary(store.db_dir, options.labels)  # code -> words beside the CSV
         for image_id, values, previous in label_updates:
             store.update_labels(image_id, values, previous)
             report.updated += 1

@@ -17,7 +17,7 @@ from priorcase.index.store import field_name
 from priorcase.ingest.readers import SUPPORTED_SUFFIXES, file_sha256
 from priorcase.records import LoadedImage, SearchHit
 from priorcase.retrieval.reference import Reference, search_reference
-from priorcase.retrieval.regions import query_view
+from priorcase.retrieval.regions import add_matches, query_tiles, query_view
 from priorcase.ui.classify_panel import ClassifyPanel
 from priorcase.ui.library_view import LibraryMap
 
@@ -40,6 +40,13 @@ class Query:
     from_index: bool = False  # chosen by id (so searches leave the case itself out)
     note: str = ""
     loaded: LoadedImage | None = None  # the decoded upload (its file is deleted once read)
+
+
+def upload_name(metadata: dict[str, str]) -> str:
+    """ "uploaded image (MG · MLO · L)": the coded DICOM fields only, never the file name."""
+    fields = [metadata.get(k) for k in ("modality", "view_position", "laterality")]
+    safe = " · ".join(f for f in fields if f)
+    return f"uploaded image ({safe})" if safe else "uploaded image"
 
 
 class UploadError(Exception):
@@ -75,28 +82,33 @@ class Actions:
         self.library.projection("image")
 
     # ------------------------------------------------------------------ queries
-    def query_from_upload(self, path: str | Path, name: str | None = None) -> Query:
-        """Decode, check and embed an uploaded file; bad files raise :class:`UploadError`."""
+    def query_from_upload(self, path: str | Path) -> Query:
+        """Decode, check and embed an uploaded file; bad files raise :class:`UploadError`.
+
+        The file's name is never shown (PACS exports put patient names in file names): the
+        query is "uploaded image" plus its coded DICOM fields (modality, view, laterality).
+        """
         path = Path(path)
-        name = name or path.name
         suffix = path.suffix.lower()
         if suffix and suffix not in SUPPORTED_SUFFIXES:
             raise UploadError(
-                f"'{name}' is not a supported image type ({suffix}); "
+                f"The uploaded file is not a supported image type ({suffix}); "
                 f"upload one of {', '.join(UPLOAD_SUFFIXES)}"
             )
         size = path.stat().st_size
         if size > MAX_UPLOAD_MB * 1024 * 1024:
-            raise UploadError(f"'{name}' is {size / 2**20:.0f} MB; the limit is {MAX_UPLOAD_MB} MB")
+            raise UploadError(
+                f"The uploaded file is {size / 2**20:.0f} MB; the limit is {MAX_UPLOAD_MB} MB"
+            )
         try:
             loaded = self.pc.read(path)
         except ImageReadError as err:
-            raise UploadError(f"Could not read '{name}': {err.reason}") from None
+            raise UploadError(f"Could not read the uploaded image: {err.reason}") from None
         vector = self.pc.embed(loaded)
         height, width = loaded.pixels.shape[:2]
         metadata = {**loaded.metadata, "width": str(width), "height": str(height)}
         query = Query(
-            name=name,
+            name=upload_name(loaded.metadata),
             vector=vector,
             loaded=loaded,
             # as preprocessed: breast crop and flip where the index does that
@@ -177,9 +189,28 @@ class Actions:
         """Nearest cases to an image query (a stored query never returns itself)."""
         exclude_group = query.group if exclude_same_patient else None
         exclude_ids = {query.stored_id} if query.from_index and query.stored_id else None
-        return self.pc.searcher.search(
+        hits = self.pc.searcher.search(
             query.vector, int(k), self.kind_arg(kind), where, exclude_group, exclude_ids
         )
+        if self.kind_arg(kind) in (None, "image") and len(self.pc.tiles()):
+            bank = self.pc.tiles()  # where it matched: the best (query tile, hit tile) pair
+            if query.loaded is not None:
+                add_matches(hits, bank, *query_tiles(self.pc.core, query.loaded))
+            elif query.stored_id:
+                mine = bank.of(query.stored_id)
+                add_matches(hits, bank, bank.boxes[mine], bank.vectors[mine])
+        return hits
+
+    def hidden_by_exclusion(self, query: Query, kind: str | None) -> int | None:
+        """How many library rows of ``kind`` "exclude same patient" hides for this query (the
+        query itself not counted); None when the query has no patient identity."""
+        if query.group is None:
+            return None
+        snapshot = self.pc.store.snapshot(self.kind_arg(kind))
+        same = (snapshot.groups == query.group) | (snapshot.patients == query.group)
+        if query.stored_id:
+            same &= snapshot.ids != query.stored_id
+        return int(same.sum())
 
     def search_text(
         self, text: str, k: int = 10, kind: str | None = "image", where: str | None = None
@@ -202,6 +233,13 @@ class Actions:
             f" Best score {hits[0].score:.3f}: percentile {percentiles[0]:.0f} of this "
             "library's own nearest-neighbour scores."
         )
+
+    def percentiles(
+        self, hits: list[SearchHit], text: str | None, kind: str | None
+    ) -> list[float | None]:
+        """Each hit's score as a percentile of the library's own nearest-neighbour scores."""
+        percentiles = search_reference(self.pc, hits, text, self.kind_arg(kind))[1]
+        return list(percentiles) if percentiles is not None else [None] * len(hits)
 
     def parent_of(self, hit: SearchHit) -> SearchHit | None:
         """The whole-film row an ROI hit was cut from (thumbnail and metadata)."""

@@ -17,8 +17,9 @@ from typing import Any
 import gradio as gr
 
 from priorcase.api import PriorCase
-from priorcase.errors import PriorcaseError
-from priorcase.records import SearchHit
+from priorcase.errors import PriorcaseError, QueryError
+from priorcase.index.previews import Previews
+from priorcase.index.vocabulary import expand, load_vocabulary
 from priorcase.ui.actions import (
     ALL_KINDS,
     ANY,
@@ -29,10 +30,10 @@ from priorcase.ui.actions import (
     UploadError,
 )
 from priorcase.ui.classify_panel import DEFAULT_METHODS, METHOD_TITLES, panel_outputs
-from priorcase.ui.gallery import decode_thumbnail, detail_markdown, enlarge, gallery_items
-from priorcase.ui.library_view import label_counts, summary_markdown
-from priorcase.ui.overlays import draw_roi
-from priorcase.ui.region import RegionPanel, draw_box
+from priorcase.ui.export import DISCLAIMER, write_summary
+from priorcase.ui.gallery import cards_html
+from priorcase.ui.library_view import label_counts, map_svg, summary_markdown
+from priorcase.ui.region import RegionPanel
 from priorcase.ui.security import (
     check_exposure,
     discard_upload,
@@ -42,31 +43,96 @@ from priorcase.ui.security import (
     rate_limited_login,
     shared_gradio_dirs,
 )
+from priorcase.ui.viewer import VIEWER_CSS, VIEWER_JS, case_pane, query_pane, viewer_html
 
 log = logging.getLogger(__name__)
 
 CONCURRENCY_LIMIT = 4
 DELETE_CACHE = (300, 300)  # every 5 minutes, delete Gradio's files older than 5 minutes
 MAX_ID_CHOICES = 5000
-CSS = """
+MAX_PAGE = 50  # results per page; "next page" goes beyond
+CSS = (
+    VIEWER_CSS
+    + """
 #status-box p { font-size: 1.02rem; }
-.pc-error { color: #b00020; font-weight: 600; }
-#results-gallery .grid-wrap { height: auto !important; max-height: none !important; }
-#results-gallery .grid-container { grid-template-rows: none; grid-auto-rows: auto; }
-#results-gallery .thumbnail-item { aspect-ratio: auto; display: flex; flex-direction: column;
-  height: auto; }
-#results-gallery .thumbnail-item > img { height: 170px; width: 100%; object-fit: contain;
-  background: #000; }
-#results-gallery .caption-label { position: static; max-width: 100%; width: 100%;
-  white-space: pre-line; opacity: 1; border: none; border-top: 1px solid
-  var(--border-color-primary); border-radius: 0; font-size: 0.78rem; line-height: 1.3;
-  text-align: left; box-sizing: border-box; }
+.pc-error { color: #ff8a80; font-weight: 600; }
+.pc-hidden { display: none !important; }
+.pc-cards { list-style: none; padding: 0; margin: 0; display: grid; gap: 8px;
+  grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); }
+.pc-card { background: #1c1c1c; color: #eee; border: 1px solid #555; border-radius: 6px;
+  padding: 4px; display: flex; flex-direction: column; gap: 4px; min-width: 0; }
+.pc-card.pc-selected { border: 3px solid #ffd84d; }
+.pc-card .pc-open { background: #000; border: 0; padding: 0; cursor: pointer; }
+.pc-card img { width: 100%; height: 140px; object-fit: contain; display: block; }
+.pc-cap { font-size: .8rem; line-height: 1.3; overflow-wrap: anywhere; }
+.pc-score { white-space: nowrap; color: #d8e8ff; }
+.pc-meta { color: #cfcfcf; }
+.pc-search-with { background: #2d4f7c; color: #fff; border: 1px solid #9cc3ff;
+  border-radius: 4px; padding: 3px; font-size: .8rem; cursor: pointer; }
+.pc-card button:focus-visible, .pc-pt:focus-visible { outline: 3px solid #ffd84d;
+  outline-offset: 2px; }
+.pc-map svg { width: 100%; height: auto; background: #161616; cursor: crosshair; }
+.pc-map .pc-pt { cursor: pointer; }
+.pc-legend { display: flex; flex-wrap: wrap; gap: 4px 14px; list-style: none; padding: 0; }
+.gradio-container { max-width: 100% !important; }
 .pc-method h4 { margin-bottom: 0.2rem; }
+*:focus-visible { outline: 3px solid #ffd84d !important; outline-offset: 2px; }
 """
+)
+
+# Result cards and map points talk to the server through one hidden text box (#pc-action):
+# "<verb>|<argument>|<nonce>", read by ``on_action``.
+ACTIONS_JS = r"""
+() => {
+  if (window.pcActions) return;
+  const send = (verb, arg) => {
+    const box = document.querySelector('#pc-action textarea, #pc-action input');
+    if (!box) return;
+    box.value = `${verb}|${arg}|${Date.now()}`;
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+  };
+  document.addEventListener('click', e => {
+    const t = e.target.closest && e.target.closest('.pc-open, .pc-search-with, .pc-pt');
+    if (!t) return;
+    if (t.classList.contains('pc-open')) send('open', t.dataset.index);
+    else if (t.classList.contains('pc-search-with')) send('search', t.dataset.id);
+    else if (!window.pcDragged) send('open-id', t.dataset.id);
+  });
+  let start = null;
+  const pt = (svg, e) => { const p = svg.createSVGPoint(); p.x = e.clientX; p.y = e.clientY;
+    return p.matrixTransform(svg.getScreenCTM().inverse()); };
+  document.addEventListener('mousedown', e => {
+    const svg = e.target.closest && e.target.closest('.pc-map svg'); if (!svg) return;
+    start = {svg, p: pt(svg, e)}; window.pcDragged = false;
+  });
+  document.addEventListener('mousemove', e => { if (!start) return;
+    const q = pt(start.svg, e), r = start.svg.querySelector('.pc-sel');
+    const x = Math.min(q.x, start.p.x), y = Math.min(q.y, start.p.y);
+    const w = Math.abs(q.x - start.p.x), h = Math.abs(q.y - start.p.y);
+    if (w + h > 6) window.pcDragged = true;
+    Object.entries({x, y, width: w, height: h}).forEach(([k, v]) => r.setAttribute(k, v));
+  });
+  document.addEventListener('mouseup', () => { if (!start) return;
+    const r = start.svg.querySelector('.pc-sel'), b = r.getBBox(); const svg = start.svg;
+    start = null; if (!window.pcDragged) return;
+    const ids = [...svg.querySelectorAll('.pc-pt')].filter(p => { const c = p.getBBox();
+      const x = c.x + c.width / 2, y = c.y + c.height / 2;
+      return x >= b.x && x <= b.x + b.width && y >= b.y && y <= b.y + b.height; })
+      .map(p => p.dataset.id);
+    send('select', ids.join(','));
+    setTimeout(() => { window.pcDragged = false; }, 0);
+  });
+  window.pcActions = send;
+}
+"""
+PAGE_JS = (
+    "() => { document.body.classList.add('dark'); "
+    f"({VIEWER_JS.strip()})(); ({ACTIONS_JS.strip()})(); }}"
+)
 
 
 def launch_options(auth: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for ``Blocks.launch``: upload limit, theme, CSS, optional login.
+    """Keyword arguments for ``Blocks.launch``: upload limit, theme, CSS, page script, login.
 
     The login (``auth``) is Gradio's sign-in form checked by :func:`rate_limited_login`.
     When uploads go to a private folder (:func:`private_upload_dir`), the shared
@@ -76,6 +142,7 @@ def launch_options(auth: str | None = None) -> dict[str, Any]:
         "max_file_size": f"{MAX_UPLOAD_MB}mb",
         "theme": gr.themes.Soft(),
         "css": CSS,
+        "js": PAGE_JS,
         "show_error": False,
     }
     own = os.environ.get("GRADIO_TEMP_DIR")
@@ -97,24 +164,34 @@ def _ok(message: str) -> str:
 
 
 def _message(err: Exception) -> str:
+    """Plain language for the page: a filter the parser refused names the columns to use."""
+    if isinstance(err, QueryError) and "invalid --where" in str(err):
+        problem = str(err).split(": ", 1)[-1] if ": " in str(err) else str(err)
+        return (
+            f"The filter could not be read ({problem}). Use the label names shown above as "
+            "column names and put values in quotes, e.g. pathology = 'benign'."
+        )
     if isinstance(err, (UploadError, PriorcaseError)):
         return str(err)
     log.exception("unexpected error in the UI")
     return f"unexpected error ({type(err).__name__}); see the server log"
 
 
-def _metadata_markdown(query: Query) -> str:
-    if not query.metadata:
+def _metadata_markdown(query: Query, vocabulary: dict) -> str:
+    keep = {k: v for k, v in query.metadata.items() if not k.startswith("breast_")}
+    if not keep:
         return "_No metadata._"
-    rows = "\n".join(f"| {k} | {v} |" for k, v in query.metadata.items())
-    note = f"\n\n_{query.note}_" if query.note else ""
-    return f"| field | value |\n|---|---|\n{rows}{note}"
+    rows = "\n".join(f"| {k} | {expand(vocabulary, k, v)} |" for k, v in keep.items())
+    return f"**{query.name}**\n\n| field | value |\n|---|---|\n{rows}"
 
 
 def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
     """The whole UI for one library; ``warm_up`` builds slow caches in a background thread."""
     actions = Actions(pc)
+    vocabulary = load_vocabulary(pc.store.db_dir)
     filter_values = actions.filter_columns()
+    # filters that only ROI rows carry (lesion type, severity) are hidden for image searches
+    region_only = {c for c in filter_values if not any(pc.store.column_values(c, "image").values())}
     class_columns = actions.classifier.columns("image")
     manifest = pc.store.manifest
     label_cols = [c for c in (manifest.label_columns if manifest else []) if c != "patient_id"]
@@ -124,33 +201,34 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
     default_class = next((c for c in ("pathology", "abnormality") if c in class_columns), None)
     default_class = default_class or (class_columns[0] if class_columns else None)
     n_images = pc.store.count("image")
-    encoder = manifest.encoder_spec if manifest else "none"
+    empty_viewer = viewer_html(None, None)
 
-    # files Gradio writes for outputs (query views, thumbnails) are deleted within minutes
     with gr.Blocks(title="priorcase – similar prior cases", delete_cache=DELETE_CACHE) as demo:
         query_state = gr.State(None)  # Query | None
-        hits_state = gr.State([])  # list[SearchHit]
-        last_search = gr.State(None)  # ("image", None) | ("text", str)
+        hits_state = gr.State([])  # list[SearchHit] of the current page
+        ctx_state = gr.State(None)  # the current query: {"mode", "text", "box", "page", ...}
+        sel_state = gr.State(None)  # index of the case open beside the query
+        classify_state = gr.State(None)  # Classification | None, for the export
 
         gr.Markdown(
-            f"## priorcase · similar prior cases\n"
-            f"{n_images} cases · encoder `{encoder}` · decision support only: "
-            "similar cases and scores are not a diagnosis."
+            f"## priorcase · similar prior cases\n{n_images} cases in this library · {DISCLAIMER}"
         )
         status = gr.Markdown(
-            "Upload an image, pick a case id, or describe a finding.", elem_id="status-box"
+            "No query yet: upload an image, pick a case id, or describe a finding.",
+            elem_id="status-box",
         )
+        action = gr.Textbox(elem_id="pc-action", elem_classes=["pc-hidden"], container=False)
 
         with gr.Tabs():
             # ------------------------------------------------------------ search
             with gr.Tab("Search", id="search"), gr.Row(equal_height=False):
-                with gr.Column(scale=1, min_width=320):
+                with gr.Column(scale=1, min_width=280):
                     upload = gr.File(
                         label="Query image (PNG, JPEG, TIFF, PGM or DICOM, ≤ 50 MB)",
                         file_types=list(UPLOAD_SUFFIXES),
                         type="filepath",
                         elem_id="query-upload",
-                        height=160,
+                        height=120,
                     )
                     with gr.Row():
                         case_id = gr.Dropdown(
@@ -170,57 +248,51 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                             scale=3,
                         )
                         text_button = gr.Button("Search text", scale=1, elem_id="text-search")
-                    view = gr.Image(
-                        label="Query as the model sees it",
-                        type="pil",
-                        interactive=False,
-                        height=260,
-                        elem_id="query-view",
-                    )
                     meta = gr.Markdown("", elem_id="query-meta")
-                    region = RegionPanel()
-                with gr.Column(scale=2, min_width=480):
                     with gr.Accordion("Search options and filters", open=True):
-                        with gr.Row():
-                            k = gr.Slider(1, 50, value=10, step=1, label="cases to show (k)")
-                            kind = gr.Radio(
-                                ["image", "roi", "tile", ALL_KINDS], value="image", label="kind"
+                        k = gr.Slider(1, MAX_PAGE, value=10, step=1, label="cases per page")
+                        kind = gr.Radio(
+                            ["image", "roi", "tile", ALL_KINDS],
+                            value="image",
+                            label="search among (whole images, regions, tiles, all)",
+                        )
+                        exclude = gr.Checkbox(value=False, label="exclude same patient")
+                        filters = [
+                            gr.Dropdown(
+                                [ANY, *[(expand(vocabulary, c, v), v) for v in values]],
+                                value=ANY,
+                                label=c,
+                                min_width=110,
+                                visible=c not in region_only,
                             )
-                            exclude = gr.Checkbox(value=False, label="exclude same patient")
-                        with gr.Row():
-                            filters = [
-                                gr.Dropdown([ANY, *values], value=ANY, label=column, min_width=110)
-                                for column, values in filter_values.items()
-                            ]
-                        with gr.Row():
-                            where = gr.Textbox(
-                                label="SQL filter (as --where)",
-                                placeholder="e.g. pathology = 'malignant' AND tissue != 'F'",
-                                scale=4,
-                                elem_id="where",
-                            )
-                            rerun = gr.Button("Apply to last search", scale=1)
-                    gallery = gr.Gallery(
-                        label="Nearest prior cases (click one for details)",
-                        columns=5,
-                        height="auto",
-                        object_fit="contain",
-                        allow_preview=False,
-                        elem_id="results-gallery",
+                            for c, values in filter_values.items()
+                        ]
+                        where = gr.Textbox(
+                            label="Advanced filter on labels",
+                            placeholder="e.g. pathology = 'malignant' AND tissue != 'F'",
+                            elem_id="where",
+                        )
+                        rerun = gr.Button("Apply to the current query", elem_id="rerun")
+                    region = RegionPanel()
+                with gr.Column(scale=3, min_width=340):
+                    viewer = gr.HTML(empty_viewer, elem_id="viewer", js_on_load=None)
+                    with gr.Row():
+                        prev_case = gr.Button("◀ Previous case [", elem_id="pc-prev", size="sm")
+                        next_case = gr.Button("Next case ] ▶", elem_id="pc-next", size="sm")
+                        export = gr.Button(
+                            "Export case summary", elem_id="export", size="sm", variant="primary"
+                        )
+                    export_files = gr.File(
+                        label="Case summary (HTML and CSV)",
+                        file_count="multiple",
+                        visible=False,
+                        elem_id="export-files",
                     )
-                    with gr.Row(equal_height=False):
-                        detail_image = gr.Image(
-                            label="Selected case", type="pil", interactive=False, height=300
-                        )
-                        parent_image = gr.Image(
-                            label="Lesion on the parent film",
-                            elem_id="parent-overlay",
-                            type="pil",
-                            interactive=False,
-                            height=300,
-                            visible=False,
-                        )
-                        detail = gr.Markdown("", elem_id="case-detail")
+                    cards = gr.HTML(cards_html([]), elem_id="results", js_on_load=None)
+                    with gr.Row():
+                        prev_page = gr.Button("◀ Previous page", elem_id="prev-page", size="sm")
+                        page_info = gr.Markdown("", elem_id="page-info")
+                        next_page = gr.Button("Next page ▶", elem_id="next-page", size="sm")
 
             # ------------------------------------------------------------ classify
             with gr.Tab("Classification", id="classify"):
@@ -251,194 +323,286 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
 
             # ------------------------------------------------------------ library
             with gr.Tab("Library", id="library"), gr.Row(equal_height=False):
-                with gr.Column(scale=1):
-                    gr.Markdown("### Index")
-                    summary = gr.Markdown(summary_markdown(pc), elem_id="library-summary")
+                with gr.Column(scale=1, min_width=280):
                     counts = gr.Dataframe(
                         label_counts(pc), label="cases per label", interactive=False, max_height=420
                     )
-                with gr.Column(scale=2):
+                    with gr.Accordion("About this library", open=False):
+                        summary = gr.Markdown("", elem_id="library-summary")
+                with gr.Column(scale=2, min_width=340):
                     with gr.Row():
                         colour = gr.Dropdown(label_cols, value=default_colour, label="colour by")
                         map_kind = gr.Radio(
-                            ["image", "roi", ALL_KINDS], value="image", label="kind"
+                            ["image", "roi", "tile", ALL_KINDS], value="image", label="kind"
                         )
-                        map_button = gr.Button("Draw map", elem_id="draw-map")
-                    gr.Markdown("#### PCA map of the embeddings (★ = current image query)")
-                    plot = gr.Plot(show_label=False, elem_id="library-map")
+                    plot = gr.HTML("", elem_id="library-map", js_on_load=None)
 
         # ---------------------------------------------------------------- handlers
-        search_outputs = [hits_state, gallery, status, detail_image, parent_image, detail]
+        def where_sql(where_, fvals):
+            return actions.where_clause(dict(zip(filter_values, fvals, strict=True)), where_)
 
-        def results(hits: list[SearchHit], message: str, warning: str | None = None) -> list[Any]:
+        def run(ctx, query, k_, kind_, exclude_, where_, fvals):
+            """Hits of the current page for the query ``ctx`` describes, and its message."""
+            per_page, page = int(k_), int(ctx.get("page", 0))
+            want = per_page * (page + 1)
+            sql = where_sql(where_, fvals)
+            if ctx["mode"] == "text":
+                hits = actions.search_text(ctx["text"], want, kind_, sql)
+                what = f"cases matching the description {ctx['text']!r}"
+                reference, best = actions.search_reference(hits, ctx["text"], kind_)
+            elif ctx["mode"] == "region":
+                hits = region.search(pc, ctx["region"], want, kind_, exclude_)
+                what = f"regions nearest to the box {ctx['box']} on the {query.name}"
+                reference, best = actions.search_reference(hits, None, "roi")
+            else:
+                hits = actions.search_vector(query, want, kind_, sql, exclude_)
+                what = f"cases nearest to the {query.name}"
+                reference, best = actions.search_reference(hits, None, kind_)
+            percentiles = actions.percentiles(hits, ctx.get("text"), kind_)
+            start = per_page * page
+            hits, percentiles = hits[start:want], percentiles[start:want]
+            message = f"Query: {query.name if query else ctx.get('text')} · {len(hits)} {what}"
+            message += f" (page {page + 1})." if page else "."
+            if exclude_ and query is not None and ctx["mode"] != "text":
+                hidden = actions.hidden_by_exclusion(query, kind_)
+                message += (
+                    " This query has no patient identity, so 'exclude same patient' hid nothing."
+                    if hidden is None
+                    else f" 'Exclude same patient' hid {hidden} case(s) of this patient."
+                )
+            message += best + (f" {query.note}" if query is not None and query.note else "")
             if not hits:
                 message += " No case matched: loosen the filters."
+            text_ = _error(f"Unusual query for this library: {reference.reason} {message}")
+            return hits, percentiles, (text_ if reference.reason else _ok(message))
+
+        def shown(query, ctx, hits, percentiles, message, sel=None):
+            """Every output a query sets: nothing of the previous query survives."""
+            ctx = {**ctx, "percentiles": percentiles}
+            boxes = [("region", ctx["box_tuple"])] if ctx.get("box_tuple") else []
+            if sel is not None and hits[sel].match:
+                boxes.append(("matched", tuple(hits[sel].match["query_box"])))
+            left = query_pane(pc, query, boxes) if query is not None else None
+            right = case_pane(pc, hits[sel], sel + 1 + _first(ctx) - 1) if sel is not None else None
+            info = f"Page {ctx.get('page', 0) + 1}" if hits else ""
             return [
+                query,
                 hits,
-                gallery_items(hits),
-                _error(f"Unusual query for this library: {warning} {message}")
-                if warning
-                else _ok(message),
-                None,
+                ctx,
+                sel,
+                _metadata_markdown(query, vocabulary) if query is not None else "",
+                cards_html(hits, percentiles, vocabulary, sel, _first(ctx)),
+                viewer_html(left, right),
+                message,
+                info,
                 gr.update(visible=False, value=None),
-                "",
             ]
 
-        def failed(message: str) -> list[Any]:
-            return [
-                gr.update(),
-                gr.update(),
-                _error(message),
-                gr.update(),
-                gr.update(),
-                gr.update(),
-            ]
+        def _first(ctx):
+            return int(ctx.get("page", 0)) * int(ctx.get("per_page", 10)) + 1
 
-        def run_image(query, k_, kind_, exclude_, where_, *fvals):
-            where_sql = actions.where_clause(dict(zip(filter_values, fvals, strict=True)), where_)
-            hits = actions.search_vector(query, k_, kind_, where_sql, exclude_)
-            note = f" {query.note}" if query.note else ""
-            reference, where_best = actions.search_reference(hits, None, kind_)
-            message = f"{len(hits)} nearest cases to {query.name}.{where_best}{note}"
-            return results(hits, message, reference.reason)
+        def cleared(message):
+            return [None, [], None, None, "", cards_html([]), empty_viewer, _error(message), "",
+                    gr.update(visible=False, value=None)]  # fmt: skip
+
+        def new_query(query, ctx, k_, kind_, exclude_, where_, fvals):
+            ctx = {**ctx, "page": ctx.get("page", 0), "per_page": int(k_)}
+            try:
+                hits, pct, message = run(ctx, query, k_, kind_, exclude_, where_, fvals)
+            except Exception as err:  # an error clears every panel
+                return cleared(_message(err))
+            return shown(query, ctx, hits, pct, message, 0 if hits else None)
 
         def on_upload(file, k_, kind_, exclude_, where_, *fvals):
             if not file:
-                return [gr.update()] * (4 + len(search_outputs))
+                return [gr.update()] * (1 + len(query_outputs))
             try:
-                query = actions.query_from_upload(file, Path(file).name)
+                query = actions.query_from_upload(file)
             except Exception as err:  # clear the bad file so another can be dropped
-                return [gr.update(value=None), None, None, "", *failed(_message(err))]
+                return [gr.update(value=None), *cleared(_message(err))]
             finally:  # decoded: the upload (DICOM header and all) leaves the disk now
                 discard_upload(file)
-            try:
-                found = run_image(query, k_, kind_, exclude_, where_, *fvals)
-            except Exception as err:
-                found = failed(_message(err))
-            return [gr.update(value=None), query, query.view, _metadata_markdown(query), *found]
+            ctx = {"mode": "image"}
+            return [
+                gr.update(value=None),
+                *new_query(query, ctx, k_, kind_, exclude_, where_, fvals),
+            ]
 
         def on_id(case, k_, kind_, exclude_, where_, *fvals):
             try:
                 query = actions.query_from_id(case)
-                found = run_image(query, k_, kind_, exclude_, where_, *fvals)
-            except Exception as err:  # the failed query clears the classification panel
-                return [None, gr.update(), gr.update(), *failed(_message(err))]
-            return [query, query.view, _metadata_markdown(query), *found]
+            except Exception as err:
+                return cleared(_message(err))
+            return new_query(query, {"mode": "image"}, k_, kind_, exclude_, where_, fvals)
 
         def on_text(text_, k_, kind_, where_, *fvals):
-            try:
-                where_sql = actions.where_clause(
-                    dict(zip(filter_values, fvals, strict=True)), where_
-                )
-                hits = actions.search_text(text_, k_, kind_, where_sql)
-                reference, where_best = actions.search_reference(hits, text_, kind_)
-            except Exception as err:
-                return failed(_message(err))
-            message = f"{len(hits)} cases matching the description {text_.strip()!r}.{where_best}"
-            return results(hits, message, reference.reason)
+            ctx = {"mode": "text", "text": (text_ or "").strip()}
+            return new_query(None, ctx, k_, kind_, False, where_, fvals)
 
-        def on_rerun(last, query, text_, k_, kind_, exclude_, where_, *fvals):
-            if last == "text":
-                return on_text(text_, k_, kind_, where_, *fvals)
-            if query is None:
-                return failed("no query yet: upload an image, pick a case id or type a text")
-            try:
-                return run_image(query, k_, kind_, exclude_, where_, *fvals)
-            except Exception as err:
-                return failed(_message(err))
+        def on_region(query, state, k_, kind_, exclude_):
+            box = state.box() if state is not None else None
+            if query is None or box is None:
+                return cleared("Upload a film and click two corners of the region first.")
+            ctx = {"mode": "region", "region": state, "box": ",".join(map(str, box)),
+                   "box_tuple": box}  # fmt: skip
+            return new_query(query, ctx, k_, kind_, exclude_, None, [])
 
-        def on_select(hits: list[SearchHit], evt: gr.SelectData):
-            index = evt.index if isinstance(evt.index, int) else evt.index[0]
-            if not hits or index >= len(hits):
-                return None, gr.update(visible=False), ""
-            hit = hits[index]
-            image = enlarge(decode_thumbnail(hit.thumbnail))
-            parent = actions.parent_of(hit) if hit.roi or hit.box else None
-            if parent is not None and (hit.roi or hit.box):
-                overlay = (
-                    draw_box(parent.thumbnail, hit.box, parent.metadata)
-                    if hit.box
-                    else draw_roi(parent.thumbnail, hit.roi, parent.metadata)
-                )
-                return (
-                    image,
-                    gr.update(visible=True, value=overlay),
-                    detail_markdown(hit, index + 1),
-                )
-            return image, gr.update(visible=False, value=None), detail_markdown(hit, index + 1)
+        def on_rerun(query, ctx, k_, kind_, exclude_, where_, *fvals):
+            if ctx is None:
+                return cleared("No query yet: upload an image, pick a case id or type a text.")
+            return new_query(query, {**ctx, "page": 0}, k_, kind_, exclude_, where_, fvals)
+
+        def on_page(step):
+            def turn(query, ctx, k_, kind_, exclude_, where_, *fvals):
+                if ctx is None:
+                    return cleared("No query yet.")
+                page = max(0, int(ctx.get("page", 0)) + step)
+                return new_query(query, {**ctx, "page": page}, k_, kind_, exclude_, where_, fvals)
+
+            return turn
+
+        def on_open(query, hits, ctx, sel):
+            if not hits or sel is None or ctx is None:
+                return [gr.update()] * len(query_outputs)
+            sel = min(max(int(sel), 0), len(hits) - 1)
+            return shown(query, ctx, hits, ctx.get("percentiles", []), gr.update(), sel)
+
+        def on_step(step):
+            def move(query, hits, ctx, sel):
+                return on_open(query, hits, ctx, (sel or 0) + step if sel is not None else 0)
+
+            return move
+
+        def on_action(value, query, hits, ctx, sel, k_, kind_, exclude_, where_, *fvals):
+            verb, _, rest = (value or "").partition("|")
+            arg = rest.rsplit("|", 1)[0]
+            if verb == "open" and arg.isdigit():
+                return on_open(query, hits, ctx, int(arg))
+            if verb in ("search", "open-id"):
+                try:
+                    new = actions.query_from_id(arg)
+                except Exception as err:
+                    return cleared(_message(err))
+                if verb == "search":
+                    return new_query(new, {"mode": "image"}, k_, kind_, exclude_, where_, fvals)
+                hit = pc.store.row_to_hit(pc.store.fetch([arg])[arg], 1.0)
+                ctx = ctx or {"mode": "image"}
+                ctx = {**ctx, "percentiles": [None]}
+                out = shown(query, ctx, [hit], [None], _ok(f"Opened case {arg} from the map."), 0)
+                return out
+            if verb == "select":
+                chosen = [i for i in arg.split(",") if i][:MAX_PAGE]
+                rows = pc.store.fetch(chosen, with_vectors=query is not None)
+                selected = [
+                    pc.store.row_to_hit(
+                        r,
+                        float(r["vector"] @ query.vector) if query is not None else 0.0,
+                    )
+                    for r in rows.values()
+                ]
+                selected.sort(key=lambda h: (-h.score, h.id))
+                ctx = {**(ctx or {"mode": "image"}), "page": 0}
+                what = "by similarity to the query" if query is not None else "by id"
+                message = _ok(f"{len(selected)} cases selected on the map, ordered {what}.")
+                pct = [None] * len(selected)
+                return shown(query, ctx, selected, pct, message, 0 if selected else None)
+            return [gr.update()] * len(query_outputs)
 
         def on_classify(query, column_, kind_, exclude_):
             if query is None:
-                return panel_outputs(None, None, message="_Run an image or id query first._")
+                message = "_No image query: the panel is empty._"
+                return [*panel_outputs(None, None, message=message), None]
             if not column_:
                 message = "_This library has no label with two or more classes._"
-                return panel_outputs(None, None, message=message)
+                return [*panel_outputs(None, None, message=message), None]
             try:
                 result = actions.classify(query, column_, kind_, exclude_)
             except Exception as err:
-                return panel_outputs(None, None, message=_error(_message(err)))
-            return panel_outputs(result, query.name)
-
-        def clear_panel():
-            message = "_A text search has no image to classify: the panel is empty._"
-            return panel_outputs(None, None, message=message)
+                return [*panel_outputs(None, None, message=_error(_message(err))), None]
+            return [*panel_outputs(result, query.name), result]
 
         def on_map(column_, kind_, query):
             try:
-                return actions.library_map(column_, kind_, query)
+                vector = None if query is None else query.vector
+                name = query.name if query is not None else "query"
+                return map_svg(
+                    actions.library, column_, actions.kind_arg(kind_), vector, name, vocabulary
+                )
             except Exception as err:
-                raise gr.Error(_message(err)) from None
+                return _error(_message(err))
+
+        def on_export(query, hits, ctx, classification):
+            if ctx is None or not hits:
+                return gr.update(visible=False), _error("Nothing to export: run a query first.")
+            name = query.name if query is not None else f"description {ctx.get('text')!r}"
+            view = query.view if query is not None else None
+            files = write_summary(
+                pc, name, view, hits, ctx.get("percentiles", []), classification, vocabulary
+            )
+            return gr.update(visible=True, value=[str(f) for f in files]), gr.update()
+
+        def on_kind(kind_):
+            return [
+                gr.update(visible=kind_ != "image" or c not in region_only) for c in filter_values
+            ]
+
+        def about():
+            count, size = Previews(pc.store).stats()
+            extra = (
+                f"\n\n**Full-resolution previews**: {count} stored, "
+                f"{size / max(count, 1) / 1024:.0f} KiB per film ({size / 2**20:.1f} MiB in all)."
+                if count
+                else "\n\n**No full-resolution previews**: the viewer shows thumbnails."
+            )
+            return summary_markdown(pc) + extra
 
         controls = [k, kind, exclude, where, *filters]
-        query_outputs = [query_state, view, meta, *search_outputs]
+        query_outputs = [
+            query_state, hits_state, ctx_state, sel_state, meta, cards, viewer, status,
+            page_info, export_files,
+        ]  # fmt: skip
         classify_inputs = [query_state, column, kind, exclude]
+        classify_outputs = [*method_outputs, classify_state]
         map_inputs = [colour, map_kind, query_state]
-
-        def mark(mode):
-            return lambda: mode
-
         region_outputs = [region.state, region.canvas, region.box_text]
-        for event, handler, inputs in (
-            (upload.upload, on_upload, [upload, *controls]),
-            (id_button.click, on_id, [case_id, *controls]),
-            (case_id.input, on_id, [case_id, *controls]),
-        ):
-            outputs = [upload, *query_outputs] if handler is on_upload else query_outputs
-            (
-                event(handler, inputs, outputs, concurrency_limit=CONCURRENCY_LIMIT)
-                .then(region.load, query_state, region_outputs)
-                .then(mark("image"), None, last_search)
-                .then(on_classify, classify_inputs, method_outputs)
-                .then(on_map, map_inputs, plot)
-            )
+
+        def chain(event, handler, inputs, outputs, new=True):
+            step = event(handler, inputs, outputs, concurrency_limit=CONCURRENCY_LIMIT)
+            if new:  # a new query: the region panel, classification and map follow it
+                step = step.then(region.load, query_state, region_outputs)
+            step.then(on_classify, classify_inputs, classify_outputs).then(on_map, map_inputs, plot)
+
+        chain(upload.upload, on_upload, [upload, *controls], [upload, *query_outputs])
+        chain(id_button.click, on_id, [case_id, *controls], query_outputs)
+        chain(case_id.input, on_id, [case_id, *controls], query_outputs)
         for event in (text_button.click, text.submit):
-            event(
-                on_text,
-                [text, k, kind, where, *filters],
-                search_outputs,
-                concurrency_limit=CONCURRENCY_LIMIT,
-            ).then(mark("text"), None, last_search).then(clear_panel, None, method_outputs)
-        rerun.click(on_rerun, [last_search, query_state, text, *controls], search_outputs)
-
-        def on_region(state, k_, kind_, exclude_):
-            try:
-                hits = region.search(pc, state, k_, kind_, exclude_)
-            except Exception as err:
-                return failed(_message(err))
-            box = ",".join(map(str, state.box()))
-            return results(hits, f"{len(hits)} nearest regions to box {box}, drawn on their films.")
-
+            chain(event, on_text, [text, k, kind, where, *filters], query_outputs)
+        state_inputs = [query_state, ctx_state, *controls]
+        for event in (rerun.click, where.submit):
+            chain(event, on_rerun, state_inputs, query_outputs, new=False)
+        chain(prev_page.click, on_page(-1), state_inputs, query_outputs, new=False)
+        chain(next_page.click, on_page(+1), state_inputs, query_outputs, new=False)
+        chain(
+            region.button.click,
+            on_region,
+            [query_state, region.state, k, kind, exclude],
+            query_outputs,
+            new=False,
+        )
         region.canvas.select(region.on_click, region.state, region_outputs)
-        region.button.click(on_region, [region.state, k, kind, exclude], search_outputs)
-        where.submit(on_rerun, [last_search, query_state, text, *controls], search_outputs)
-        gallery.select(on_select, hits_state, [detail_image, parent_image, detail])
-        classify_button.click(on_classify, classify_inputs, method_outputs)
-        column.change(on_classify, classify_inputs, method_outputs)
-        map_button.click(on_map, map_inputs, plot)
+        open_inputs = [query_state, hits_state, ctx_state, sel_state]
+        prev_case.click(on_step(-1), open_inputs, query_outputs)
+        next_case.click(on_step(+1), open_inputs, query_outputs)
+        chain(action.input, on_action, [action, *open_inputs, *controls], query_outputs)
+        export.click(on_export, [query_state, hits_state, ctx_state, classify_state],
+                     [export_files, status])  # fmt: skip
+        kind.change(on_kind, kind, filters)
+        classify_button.click(on_classify, classify_inputs, classify_outputs)
+        column.change(on_classify, classify_inputs, classify_outputs)
         colour.change(on_map, map_inputs, plot)
         map_kind.change(on_map, map_inputs, plot)
         demo.load(on_map, map_inputs, plot)
-        demo.load(lambda: (summary_markdown(pc), label_counts(pc)), None, [summary, counts])
+        demo.load(lambda: (about(), label_counts(pc)), None, [summary, counts])
 
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=64)
     if warm_up:

@@ -94,3 +94,68 @@ def detail_markdown(hit: SearchHit, rank: int) -> str:
 
 def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def plain_labels(labels: dict[str, str | None], vocabulary: dict) -> str:
+    """Labels in words through the library's vocabulary: ``tissue dense-glandular (D)``."""
+    from priorcase.index.vocabulary import expand
+
+    parts = [
+        f"{k} {expand(vocabulary, k, v)}"
+        for k, v in labels.items()
+        if v not in (None, "") and k not in HIDDEN_LABELS
+    ]
+    return " · ".join(parts) if parts else "no labels"
+
+
+def _data_url(data: bytes | None) -> str:
+    import base64
+
+    if not data:
+        buffer = io.BytesIO()
+        decode_thumbnail(None).save(buffer, format="JPEG")
+        data = buffer.getvalue()
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode()
+
+
+def cards_html(
+    hits: list[SearchHit],
+    percentiles: list[float | None] | None = None,
+    vocabulary: dict | None = None,
+    selected: int | None = None,
+    first_rank: int = 1,
+) -> str:
+    """Result cards: thumbnail, id, score (with its percentile), labels in words, and two
+    buttons (open side by side; search with this case). Clicks reach the server through
+    the page's action box (see ``ACTIONS_JS`` in :mod:`priorcase.ui.app`)."""
+    import html
+
+    if not hits:
+        return "<p class='pc-none'>No results yet.</p>"
+    vocabulary = vocabulary or {}
+    percentiles = percentiles or [None] * len(hits)
+    cards = []
+    for n, (hit, pct) in enumerate(zip(hits, percentiles, strict=False)):
+        rank = first_rank + n
+        kind = {"roi": " · region of interest", "tile": " · tile"}.get(hit.kind, "")
+        marker = {"roi": "■", "tile": "▲"}.get(hit.kind, "●")
+        score = f"similarity {hit.score:.3f}"
+        if pct is not None:
+            score += f" · {pct:.0f}th percentile of this library"
+        meta = metadata_text(hit.metadata)
+        ident = html.escape(hit.id)
+        chosen = " pc-selected" if selected == n else ""
+        cards.append(
+            f"<li class='pc-card{chosen}' data-index='{n}'>"
+            f"<button type='button' class='pc-open' data-index='{n}' "
+            f"aria-label='open #{rank} {ident} side by side'>"
+            f"<img src='{_data_url(hit.thumbnail)}' alt='thumbnail of case {ident}'></button>"
+            f"<div class='pc-cap'><b>#{rank} {ident}</b> <span aria-hidden='true'>{marker}</span>"
+            f"{html.escape(kind)}<br><span class='pc-score'>{html.escape(score)}</span><br>"
+            f"{html.escape(plain_labels(hit.labels, vocabulary))}"
+            + (f"<br><span class='pc-meta'>{html.escape(meta)}</span>" if meta else "")
+            + "</div>"
+            f"<button type='button' class='pc-search-with' data-id='{ident}' "
+            f"aria-label='search with case {ident}'>Search with this case</button></li>"
+        )
+    return f"<ol class='pc-cards' aria-label='nearest prior cases'>{''.join(cards)}</ol>"

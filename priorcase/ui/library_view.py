@@ -142,3 +142,97 @@ class LibraryMap:
         ax.legend(loc="best", fontsize=8, framealpha=0.85)
         ax.grid(alpha=0.25)
         return fig
+
+
+_SHAPES = {"image": "circle", "roi": "square", "tile": "triangle"}
+
+
+def _marker(shape: str, x: float, y: float, r: float, attrs: str, inner: str) -> str:
+    """One SVG point: circle (image), square (ROI) or triangle (tile), with ``inner`` inside."""
+    if shape == "square":
+        geometry = f"rect x='{x - r:.1f}' y='{y - r:.1f}' width='{2 * r:.1f}' height='{2 * r:.1f}'"
+    elif shape == "triangle":
+        top, left, right = f"{x:.1f},{y - r * 1.2:.1f}", f"{x - r * 1.1:.1f},{y + r:.1f}", ""
+        right = f"{x + r * 1.1:.1f},{y + r:.1f}"
+        geometry = f"polygon points='{top} {left} {right}'"
+    else:
+        geometry = f"circle cx='{x:.1f}' cy='{y:.1f}' r='{r:.1f}'"
+    tag = geometry.split(" ", 1)[0]
+    return f"<{geometry} {attrs}>{inner}</{tag}>"
+
+
+def map_svg(
+    library: LibraryMap,
+    column: str | None,
+    kind: str | None = "image",
+    query: np.ndarray | None = None,
+    query_name: str = "query",
+    vocabulary: dict | None = None,
+    size: tuple[int, int] = (760, 520),
+) -> str:
+    """The PCA map as interactive SVG: hover names a point (id and labels), a click opens the
+    case, a dragged box selects cases (see the page's map script). Image, ROI and tile rows
+    are circles, squares and triangles; labels are coloured and named in the legend."""
+    import html
+
+    from priorcase.index.vocabulary import expand
+
+    pc = library.pc
+    if pc.store.count(kind) < 2:
+        return "<p>Not enough cases for a map.</p>"
+    pca, coords, ids = library.projection(kind)
+    snapshot = pc.store.snapshot(kind)
+    kinds = dict(zip(snapshot.ids.tolist(), snapshot.kinds.tolist(), strict=True))
+    values = pc.store.column_values(column, kind) if column else {}
+    vocabulary = vocabulary or {}
+    labels = [values.get(i) or UNLABELLED for i in ids]
+    order = [v for v, _ in Counter(labels).most_common(MAX_CATEGORIES - 1)]
+    colour = {v: COLOURS[n % len(COLOURS)] for n, v in enumerate(sorted(order))}
+    width, height = size
+    pad = 24
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+
+    def place(p: np.ndarray) -> tuple[float, float]:
+        x = pad + (p[0] - lo[0]) / span[0] * (width - 2 * pad)
+        y = height - pad - (p[1] - lo[1]) / span[1] * (height - 2 * pad)
+        return float(x), float(y)
+
+    r = 3.0 if len(coords) > 2000 else 5.0
+    points = []
+    for case_id, p, value in zip(ids.tolist(), coords, labels, strict=True):
+        x, y = place(p)
+        row_kind = kinds.get(case_id, "image")
+        fill = colour.get(value, "#9a9a9a")
+        words = expand(vocabulary, column or "", value) if value != UNLABELLED else value
+        title = html.escape(f"{case_id} · {row_kind} · {column}: {words}")
+        attrs = f"class='pc-pt' data-id='{html.escape(case_id)}' fill='{fill}' stroke='#111'"
+        inner = f"<title>{title}</title>"
+        points.append(_marker(_SHAPES.get(row_kind, "circle"), x, y, r, attrs, inner))
+    star = ""
+    if query is not None:
+        q = pca.transform(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
+        x, y = place(q)
+        x, y = min(max(x, 8), width - 8), min(max(y, 8), height - 8)
+        star = (
+            f"<text class='pc-star' x='{x:.1f}' y='{y + 7:.1f}' text-anchor='middle' "
+            f"font-size='22' fill='#ffd700' stroke='#000' stroke-width='1'>★<title>"
+            f"{html.escape(query_name)}</title></text>"
+        )
+    legend = "".join(
+        f"<li><span style='color:{colour[v]}'>●</span> "
+        f"{html.escape(expand(vocabulary, column or '', v) if v != UNLABELLED else v)}</li>"
+        for v in sorted(order)
+    )
+    shapes = "● whole image · ■ region of interest · ▲ tile · ★ current query"
+    ratio = pca.explained_variance_ratio_
+    return (
+        f"<div class='pc-map'><svg viewBox='0 0 {width} {height}' role='img' "
+        f"aria-label='map of {len(coords)} cases by {html.escape(str(column))}'>"
+        f"<rect x='0' y='0' width='{width}' height='{height}' fill='#161616'/>"
+        f"{''.join(points)}{star}<rect class='pc-sel' x='0' y='0' width='0' height='0' "
+        "fill='rgba(255,216,77,.15)' stroke='#ffd84d' stroke-dasharray='4 3'/></svg>"
+        f"<p class='pc-map-note'>{shapes}. PC 1 {ratio[0]:.0%}, PC 2 {ratio[1]:.0%} of variance. "
+        "Hover a point for its id and labels, click it to open the case, drag a box to show "
+        f"those cases in the results.</p><ul class='pc-legend'>{legend}</ul></div>"
+    )

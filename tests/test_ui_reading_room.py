@@ -1,0 +1,209 @@
+"""The reading room in headless Chromium: side-by-side viewer at full resolution, synchronised
+zoom and window/level, search with a result, clean state, privacy of uploads, export, keys.
+
+One small MIAS library (films, lesion ROIs, full-resolution previews) for the module.
+Screenshots land in ``test-artifacts/ui/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_ui_browser import _launch, _shot, _wait_status, browser  # noqa: F401
+
+pytestmark = pytest.mark.browser
+
+FILMS = ("mdb001", "mdb002", "mdb003", "mdb004", "mdb007", "mdb008")
+QUERY = "mdb003"
+
+
+@pytest.fixture(scope="module")
+def room(tmp_path_factory, mias, bundled):
+    import priorcase
+    from priorcase.index.vocabulary import MIAS_VOCABULARY, record_vocabulary
+
+    tmp = tmp_path_factory.mktemp("ui-room")
+    labels = tmp / "labels.csv"
+    with open(mias.labels, newline="") as src, open(labels, "w", newline="") as dst:
+        reader = csv.DictReader(src)
+        writer = csv.DictWriter(dst, fieldnames=reader.fieldnames or [])
+        writer.writeheader()
+        for row in reader:
+            if row["image_id"] in FILMS:
+                writer.writerow({**row, "file": str(mias.root / row["file"])})
+    pc = priorcase.open(tmp / "db", encoder=bundled)
+    files = [mias.images / f"{f}.png" for f in FILMS]
+    report = pc.ingest(
+        files, labels=labels, findings=mias.findings, progress=False, workers=0
+    )
+    assert report.stored_images == len(FILMS), report.summary()
+    record_vocabulary(pc.store.db_dir, MIAS_VOCABULARY)
+    demo, url = _launch(pc)
+    yield url, tmp, files
+    demo.close()
+
+
+@pytest.fixture
+def page(browser):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+
+
+def _by_id(page, url, case=QUERY):
+    page.goto(url)
+    page.locator("#case-id input").fill(case)
+    page.locator("#id-search").click()
+    _wait_status(page, f"Query: {case}")
+    page.locator(".pc-pane[data-side='case'] img.pc-img").wait_for()
+
+
+def _transforms(page):
+    return page.eval_on_selector_all(".pc-stage", "els => els.map(e => e.style.transform)")
+
+
+def test_side_by_side_full_resolution_synchronised(page, room):
+    url, *_ = room
+    _by_id(page, url)
+    sizes = page.eval_on_selector_all(
+        "img.pc-img", "els => els.map(e => [e.naturalWidth, e.naturalHeight])"
+    )
+    assert sizes == [[1024, 1024], [1024, 1024]]  # MIAS films are 1024 px: full resolution
+    assert "thumbnail resolution" not in page.locator("#viewer").inner_text()
+    markers = page.locator(".pc-marker").all_inner_texts()
+    assert all(m.split()[0] in "LR" for m in markers), markers  # laterality from the labels
+    # zoom one pane with the wheel: both panes carry the same transform
+    query_pane = page.locator(".pc-pane[data-side='query'] .pc-stage")
+    query_pane.hover()
+    page.mouse.wheel(0, -300)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.pc-stage')].every(e => e.style.transform.includes"
+        "('scale(1.2'))"
+    )
+    first, second = _transforms(page)
+    assert first == second and "scale(1)" not in first
+    # pan by dragging the other pane
+    box = page.locator(".pc-pane[data-side='case'] .pc-stage").bounding_box()
+    page.mouse.move(box["x"] + 100, box["y"] + 100)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 160, box["y"] + 130)
+    page.mouse.up()
+    first, second = _transforms(page)
+    assert first == second
+    # window/level: one filter for both images; a preset changes it
+    page.locator(".pc-preset").select_option("dense")
+    slope = page.eval_on_selector("#pc-wl feFuncR", "e => e.getAttribute('slope')")
+    assert abs(float(slope) - 255 / 130) < 1e-3
+    filters = page.eval_on_selector_all(
+        "img.pc-img", "els => els.map(e => getComputedStyle(e).filter)"
+    )
+    assert len(set(filters)) == 1 and "pc-wl" in filters[0]
+    _shot(page, "reading-room-side-by-side")
+    page.locator("[data-act='reset']").click()
+    assert _transforms(page)[0] == "translate(0px, 0px) scale(1)"
+
+
+def test_search_with_this_case_and_keyboard(page, room):
+    url, *_ = room
+    _by_id(page, url)
+    second = page.locator(".pc-search-with").nth(1)
+    target = second.get_attribute("data-id")
+    second.click()
+    _wait_status(page, f"Query: {target}")
+    assert target in page.locator(".pc-pane[data-side='query'] figcaption").inner_text()
+    _shot(page, "search-with-this-case")
+    # keyboard: next case, overlays off, focus reaches a result's button
+    page.locator("body").click(position={"x": 5, "y": 5})
+    before = page.locator(".pc-pane[data-side='case'] figcaption").inner_text()
+    assert before.startswith("#1 ")
+    page.keyboard.press("]")
+    page.locator(".pc-pane[data-side='case'] figcaption").get_by_text("#2 ").wait_for()
+    page.keyboard.press("[")
+    page.locator(".pc-pane[data-side='case'] figcaption").get_by_text("#1 ").wait_for()
+    page.keyboard.press("o")
+    assert page.locator(".pc-viewer.pc-hide-ov").count() == 1
+    page.locator(".pc-search-with").first.focus()
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.className")
+    assert "pc-open" in focused, focused  # the next card's open button
+    page.keyboard.press("Enter")
+    page.locator(".pc-pane[data-side='case'] figcaption").get_by_text("#2 ").wait_for()
+    _shot(page, "keyboard-navigation")
+
+
+def test_clean_state_after_error_and_switching_query(page, room):
+    url, *_ = room
+    _by_id(page, url)
+    page.locator("#where textarea").fill("pathology = = 'x'")
+    page.locator("#rerun").click()
+    _wait_status(page, "The filter could not be read")
+    assert page.locator(".pc-card").count() == 0
+    assert page.locator("img.pc-img").count() == 0  # the viewer is empty too
+    content = page.content()
+    assert "Traceback" not in content and "invalid --where" not in content
+    _shot(page, "clean-state-after-error")
+    # a valid id query, then a text query: nothing of the film query stays
+    page.locator("#where textarea").fill("")
+    _by_id(page, url)
+    page.locator("#text-query textarea").fill("dense glandular breast")
+    page.locator("#text-search").click()
+    _wait_status(page, "Query: dense glandular breast")
+    page.locator(".pc-card").first.wait_for()
+    assert page.locator(".pc-pane[data-side='query'] img").count() == 0
+    assert page.locator("#query-meta").inner_text().strip() == ""
+    page.get_by_role("tab", name="Classification").click()
+    page.locator("#classify-headline").get_by_text("the panel is empty").wait_for()
+    page.get_by_role("tab", name="Library").click()
+    assert page.locator("#library-map .pc-star").count() == 0  # no star for a text query
+    _shot(page, "clean-state-after-switch")
+
+
+def test_uploaded_file_name_is_never_shown(page, room, tmp_path):
+    from fixtures import write_dicom
+
+    url, *_ = room
+    film = np.asarray(Image.open(room[2][0]).convert("L")).astype(np.uint16) * 16
+    dicom = write_dicom(
+        tmp_path / "patient_Doe.dcm", film, PatientName="Doe^John", PatientID="DOE-77",
+        ViewPosition="MLO", ImageLaterality="L",
+    )  # fmt: skip
+    page.goto(url)
+    page.locator("#query-upload input[type=file]").set_input_files(str(dicom))
+    _wait_status(page, "Query: uploaded image (MG · MLO · L)")
+    page.locator(".pc-pane[data-side='query'] img.pc-img").wait_for()
+    page.get_by_role("tab", name="Library").click()
+    page.locator("#library-map .pc-star").wait_for()
+    page.get_by_role("tab", name="Classification").click()
+    page.get_by_role("tab", name="Search").click()
+    assert "Doe" not in page.content() and "DOE" not in page.content()
+    assert "no patient identity" not in page.locator("#status-box").inner_text()
+    _shot(page, "upload-without-file-name")
+
+
+def test_export_summary(page, room):
+    url, tmp, _ = room
+    _by_id(page, url)
+    page.get_by_role("tab", name="Classification").click()
+    page.locator("#classify-headline").get_by_text(QUERY).first.wait_for()
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#export").click()
+    link = page.locator("#export-files a").first
+    link.wait_for()
+    hrefs = page.eval_on_selector_all("#export-files a", "els => els.map(e => e.href)")
+    pages = {h.rsplit("/", 1)[-1]: urllib.request.urlopen(h, timeout=10).read() for h in hrefs}
+    summary = pages["case-summary.html"].decode()
+    table = pages["case-summary.csv"].decode()
+    assert "Decision support only" in summary and "bundled" in summary
+    assert QUERY in summary and "similarity" in summary and "accuracy" in summary
+    patients = {row["patient_id"] for row in csv.DictReader(open(tmp / "labels.csv"))}
+    assert not any(p in summary or p in table for p in patients)
+    assert len(table.splitlines()) > 2
+    (tmp / "summary.html").write_text(summary)
+    page.goto(f"file://{tmp / 'summary.html'}")
+    _shot(page, "export-summary")
