@@ -144,7 +144,7 @@ class Actions:
             group=hit.group,
             stored_id=case_id,
             from_index=True,
-            note=f"Stored case {case_id} (view rebuilt from its index thumbnail).",
+            note="",
         )
 
     # ------------------------------------------------------------------ search

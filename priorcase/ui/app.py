@@ -352,11 +352,11 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                 reference, best = actions.search_reference(hits, ctx["text"], kind_)
             elif ctx["mode"] == "region":
                 hits = region.search(pc, ctx["region"], want, kind_, exclude_)
-                what = f"regions nearest to the box {ctx['box']} on the {query.name}"
+                what = f"regions nearest to the box {ctx['box']} on {query.name}"
                 reference, best = actions.search_reference(hits, None, "roi")
             else:
                 hits = actions.search_vector(query, want, kind_, sql, exclude_)
-                what = f"cases nearest to the {query.name}"
+                what = f"cases nearest to {query.name}"
                 reference, best = actions.search_reference(hits, None, kind_)
             percentiles = actions.percentiles(hits, ctx.get("text"), kind_)
             start = per_page * page
@@ -593,7 +593,7 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
         open_inputs = [query_state, hits_state, ctx_state, sel_state]
         prev_case.click(on_step(-1), open_inputs, query_outputs)
         next_case.click(on_step(+1), open_inputs, query_outputs)
-        chain(action.input, on_action, [action, *open_inputs, *controls], query_outputs)
+        chain(action.change, on_action, [action, *open_inputs, *controls], query_outputs)
         export.click(on_export, [query_state, hits_state, ctx_state, classify_state],
                      [export_files, status])  # fmt: skip
         kind.change(on_kind, kind, filters)
