@@ -128,7 +128,7 @@ def _open(page, url: str) -> None:
 
 
 def _captions(page) -> list[str]:
-    return page.locator("#results-gallery .caption-label").all_inner_texts()
+    return page.locator("#results .pc-cap").all_inner_texts()
 
 
 def _wait_status(page, text: str) -> None:
@@ -139,20 +139,19 @@ def test_image_query_finds_the_same_case(page, server, library):
     _, files = library
     _open(page, server)
     page.locator("#query-upload input[type=file]").set_input_files(str(files[QUERY]))
-    _wait_status(page, "nearest cases to")
+    _wait_status(page, "cases nearest to")
     page.wait_for_function(
-        "document.querySelectorAll('#results-gallery .caption-label').length > 0"
+        "document.querySelectorAll('#results .pc-cap').length > 0"
     )
     captions = _captions(page)
     assert captions[0].startswith(f"#1 {QUERY}"), captions
-    assert "sim 1.000" in captions[0]  # the same file: cosine 1
+    assert "similarity 1.000" in captions[0]  # the same file: cosine 1
     assert "tissue D" in captions[0] and "pathology normal" in captions[0], captions[0]
     assert "already in the library" in page.locator("#status-box").inner_text()
-    page.locator("#query-view img").wait_for()  # what the model saw
+    page.locator(".pc-pane[data-side='query'] img.pc-img").wait_for()  # side by side
     # details of the best hit
-    page.locator("#results-gallery .gallery-item").first.click()
-    page.locator("#case-detail").get_by_text("similarity (cosine)").wait_for()
-    assert "label: pathology" in page.locator("#case-detail").inner_text()
+    page.locator("#results .pc-open").first.click()
+    page.locator(".pc-pane[data-side='case'] figcaption").get_by_text("#1 ").wait_for()
     _shot(page, "search-results")
 
     # the classification panel was filled by the same query
@@ -165,8 +164,9 @@ def test_image_query_finds_the_same_case(page, server, library):
 
     # the library tab maps the query
     page.get_by_role("tab", name="Library").click()
+    page.get_by_text("About this library").click()
     page.locator("#library-summary").get_by_text("bundled").first.wait_for()
-    page.locator("#library-map img").first.wait_for()
+    page.locator("#library-map svg .pc-star").wait_for()
     _shot(page, "library-map")
 
 
@@ -174,12 +174,12 @@ def test_exclude_same_patient_and_filters(page, server, library):
     _, files = library
     _open(page, server)
     page.locator("#query-upload input[type=file]").set_input_files(str(files[QUERY]))
-    _wait_status(page, "nearest cases to")
+    _wait_status(page, "cases nearest to")
     page.get_by_label("exclude same patient").check()
     page.locator("#where textarea").fill("pathology = 'benign'")
-    page.get_by_role("button", name="Apply to last search").click()
+    page.get_by_role("button", name="Apply to the current query").click()
     page.wait_for_function(
-        "[...document.querySelectorAll('#results-gallery .caption-label')]"
+        "[...document.querySelectorAll('#results .pc-cap')]"
         ".every(e => e.innerText.includes('pathology benign'))"
     )
     captions = _captions(page)
@@ -187,19 +187,18 @@ def test_exclude_same_patient_and_filters(page, server, library):
     # lesion ROIs: the crop, plus its place on the parent film
     page.locator("#where textarea").fill("")
     page.get_by_label("roi", exact=True).check()
-    page.get_by_role("button", name="Apply to last search").click()
+    page.get_by_role("button", name="Apply to the current query").click()
     page.wait_for_function(
-        "[...document.querySelectorAll('#results-gallery .caption-label')]"
-        ".some(e => e.innerText.includes('ROI'))"
+        "[...document.querySelectorAll('#results .pc-cap')]"
+        ".some(e => e.innerText.includes('region of interest'))"
     )
-    page.locator("#results-gallery .gallery-item").first.click()
-    page.locator("#parent-overlay img").wait_for()
-    assert "parent film" in page.locator("#case-detail").inner_text()
+    page.locator("#results .pc-open").first.click()
+    page.locator(".pc-pane[data-side='case'] figcaption").get_by_text("on film").wait_for()
     _shot(page, "roi-detail")
     # a broken SQL filter is a readable message, not a traceback
     page.locator("#where textarea").fill("pathology = = 'x'")
-    page.get_by_role("button", name="Apply to last search").click()
-    _wait_status(page, "invalid --where")
+    page.get_by_role("button", name="Apply to the current query").click()
+    _wait_status(page, "The filter could not be read")
     assert "Traceback" not in page.content()
 
 
@@ -209,10 +208,10 @@ def test_text_query(page, server):
     page.locator("#text-search").click()
     _wait_status(page, "matching the description")
     page.wait_for_function(
-        "document.querySelectorAll('#results-gallery .caption-label').length > 0"
+        "document.querySelectorAll('#results .pc-cap').length > 0"
     )
     captions = _captions(page)
-    assert captions[0].startswith("#1 mdb") and "sim " in captions[0]
+    assert captions[0].startswith("#1 mdb") and "similarity " in captions[0]
     _shot(page, "text-search")
 
 
@@ -222,7 +221,7 @@ def test_bad_uploads_show_a_clear_error(page, server, library, tmp_path):
     truncated.write_bytes(files[QUERY].read_bytes()[:3000])
     _open(page, server)
     page.locator("#query-upload input[type=file]").set_input_files(str(truncated))
-    _wait_status(page, "Could not read 'truncated.png'")
+    _wait_status(page, "Could not read the uploaded image")
     status = page.locator("#status-box").inner_text()
     assert "truncated or corrupt" in status, status
     assert "Traceback" not in page.content()
@@ -338,7 +337,7 @@ def test_uploaded_dicom_leaves_no_identifiable_file_and_is_not_served(
     try:
         _open(page, url)
         page.locator("#query-upload input[type=file]").set_input_files(str(dicom))
-        _wait_status(page, "nearest cases to")
+        _wait_status(page, "cases nearest to")
         assert uploaded, "the upload request was not seen"
         needle = SECRET_NAME.encode()
         assert _files_containing(private, needle) == []
@@ -346,8 +345,8 @@ def test_uploaded_dicom_leaves_no_identifiable_file_and_is_not_served(
         for path in [*uploaded, str(planted)]:
             assert _status_code(f"{url}gradio_api/file={path}") in (403, 404), path
         # source paths (here holding a patient's name) are never shown
-        page.locator("#results-gallery .gallery-item").first.click()
-        page.locator("#case-detail").get_by_text("similarity (cosine)").wait_for()
+        page.locator("#results .pc-open").first.click()
+        page.locator(".pc-pane[data-side='case'] img.pc-img").wait_for()
         content = page.content()
         assert str(root) not in content and "DOE_JANE" not in content
         assert SECRET_NAME not in content
@@ -402,7 +401,8 @@ def test_unlike_upload_abstains_and_a_new_query_clears_the_panel(page, server, t
     page.get_by_role("tab", name="Classification").click()
     headline = page.locator("#classify-headline")
     headline.get_by_text("No close reference in the library").wait_for()
-    assert "noise.png" in headline.inner_text()  # the panel names its query
+    assert "uploaded image" in headline.inner_text()  # the panel names its query
+    assert "noise.png" not in page.content()  # never the file name
     assert "nearest cases are" not in page.locator("#explain-knn").inner_text()
     _shot(page, "classification-abstains")
     # a text search has no image: the previous answer must not stay on screen
@@ -417,7 +417,7 @@ def test_unlike_upload_abstains_and_a_new_query_clears_the_panel(page, server, t
     page.get_by_role("tab", name="Search").click()
     page.locator("#case-id input").fill(QUERY)
     page.locator("#id-search").click()
-    _wait_status(page, f"nearest cases to {QUERY}")
+    _wait_status(page, f"Query: {QUERY}")
     page.get_by_role("tab", name="Classification").click()
     headline.get_by_text(QUERY).first.wait_for()
     assert "noise.png" not in headline.inner_text()

@@ -33,7 +33,7 @@ def test_draw_a_box_and_search_the_region(page, mg_server):  # noqa: F811
     url, query = mg_server
     page.goto(url)
     page.locator("#query-upload input[type=file]").set_input_files(str(query))
-    _wait_status(page, "nearest cases to")
+    _wait_status(page, "cases nearest to")
     canvas = page.locator("#region-canvas img")
     canvas.wait_for()
     page.wait_for_function("document.querySelector('#region-canvas img').naturalWidth > 0")
@@ -48,12 +48,13 @@ def test_draw_a_box_and_search_the_region(page, mg_server):  # noqa: F811
     drawn = [int(v) for v in re.findall(r"\d+", page.locator("#region-box").inner_text())[:4]]
     assert all(abs(a - b) <= 12 for a, b in zip(drawn, BOX, strict=True)), drawn  # 432,652,..
     page.locator("#region-search").click()
-    _wait_status(page, "nearest regions to box")
+    _wait_status(page, "regions nearest to the box")
     page.wait_for_function(
-        "document.querySelectorAll('#results-gallery .caption-label').length > 0"
+        "document.querySelectorAll('#results .pc-cap').length > 0"
     )
-    captions = page.locator("#results-gallery .caption-label").all_inner_texts()
+    captions = page.locator("#results .pc-cap").all_inner_texts()
     assert all(re.search(r"-(roi|tile)\d", c) for c in captions), captions  # regions only
-    page.locator("#results-gallery .gallery-item").first.click()
-    page.locator("#parent-overlay img").wait_for()  # the hit's box on its parent film
+    page.locator("#results .pc-open").first.click()  # the hit's box on its parent film
+    page.locator(".pc-pane[data-side='case'] figcaption").get_by_text("on film").wait_for()
+    assert page.locator(".pc-pane[data-side='case'] svg.pc-ov rect").count() >= 1
     _shot(page, "region-search")

@@ -1,0 +1,102 @@
+"""Reading-room interaction timings in headless Chromium: open a case side by side, zoom,
+export; and the disk cost of full-resolution previews.
+
+    python benchmarks/bench_reading_room.py --films 24            # MIAS films (bundled encoder)
+    python benchmarks/bench_reading_room.py --synthetic 10000     # bench_ui's 10k library
+
+The synthetic library replicates a few ingested films' vectors (see ``bench_ui.py``); only the
+ingested seed films have previews, the replicas show their thumbnail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def library(args, tmp: Path):
+    import priorcase
+
+    if args.synthetic:
+        from bench_ui import build_library
+
+        pc, files, _ = build_library(tmp / "db", args.synthetic, 12)
+        return pc, files[0].stem
+    root = Path("/work/shared/data/mias")
+    files = sorted((root / "images").glob("*.png"))[: args.films]
+    pc = priorcase.open(tmp / "db", encoder="bundled", device="cpu")
+    pc.ingest(files, labels=root / "images.csv", findings=root / "findings.csv", workers=0,
+              progress=False)  # fmt: skip
+    return pc, files[0].stem
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--films", type=int, default=24)
+    parser.add_argument("--synthetic", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+    from test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _launch
+
+    from priorcase.index.previews import Previews
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pc, case = library(args, Path(tmp))
+        count, size = Previews(pc.store).stats()
+        demo, url = _launch(pc)
+        timings: dict[str, list[float]] = {"open side by side": [], "zoom": [], "export": []}
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(120_000)
+            page.goto(url)
+            page.locator("#case-id input").fill(case)
+            page.locator("#id-search").click()
+            page.locator("#status-box").get_by_text(f"Query: {case}").wait_for()
+            for r in range(args.repeats):
+                n = 1 + r % 4
+                start = time.perf_counter()
+                page.locator(".pc-open").nth(n).click()
+                page.locator(".pc-pane[data-side='case'] figcaption").get_by_text(
+                    f"#{n + 1} "
+                ).wait_for()
+                page.wait_for_function(
+                    "[...document.querySelectorAll('img.pc-img')].every(i => i.complete)"
+                )
+                timings["open side by side"].append(time.perf_counter() - start)
+                page.locator(".pc-pane[data-side='query'] .pc-stage").hover()
+                zoom = page.evaluate(
+                    """() => new Promise(done => { const t = performance.now();
+                    document.querySelector('.pc-stage').dispatchEvent(new WheelEvent('wheel',
+                      {deltaY: -100, bubbles: true, cancelable: true, clientX: 200, clientY: 200}));
+                    requestAnimationFrame(() => requestAnimationFrame(() =>
+                      done(performance.now() - t))); })"""
+                )
+                timings["zoom"].append(zoom / 1000)
+                page.locator("[data-act='reset']").click()
+                start = time.perf_counter()
+                page.locator("#export").click()
+                page.locator("#export-files a").first.wait_for()
+                timings["export"].append(time.perf_counter() - start)
+                page.locator("#case-id input").fill(case)
+                page.locator("#id-search").click()  # hides the export files again
+                page.locator("#export-files a").first.wait_for(state="detached")
+            browser.close()
+        demo.close()
+        kind = f"synthetic {args.synthetic}" if args.synthetic else f"MIAS {args.films} films"
+        print(f"library: {kind}, {pc.store.count('image')} cases")
+        print(f"previews: {count} films, {size / max(count, 1) / 1024:.0f} KiB per film")
+        for name, values in timings.items():
+            print(f"{name}: median {statistics.median(values) * 1000:.0f} ms, "
+                  f"max {max(values) * 1000:.0f} ms over {len(values)}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
