@@ -140,9 +140,7 @@ def test_image_query_finds_the_same_case(page, server, library):
     _open(page, server)
     page.locator("#query-upload input[type=file]").set_input_files(str(files[QUERY]))
     _wait_status(page, "cases nearest to")
-    page.wait_for_function(
-        "document.querySelectorAll('#results .pc-cap').length > 0"
-    )
+    page.wait_for_function("document.querySelectorAll('#results .pc-cap').length > 0")
     captions = _captions(page)
     assert captions[0].startswith(f"#1 {QUERY}"), captions
     assert "similarity 1.000" in captions[0]  # the same file: cosine 1
@@ -207,9 +205,7 @@ def test_text_query(page, server):
     page.locator("#text-query textarea").fill("dense glandular breast")
     page.locator("#text-search").click()
     _wait_status(page, "matching the description")
-    page.wait_for_function(
-        "document.querySelectorAll('#results .pc-cap').length > 0"
-    )
+    page.wait_for_function("document.querySelectorAll('#results .pc-cap').length > 0")
     captions = _captions(page)
     assert captions[0].startswith("#1 mdb") and "similarity " in captions[0]
     _shot(page, "text-search")

@@ -204,7 +204,8 @@ def test_export_summary(page, room):
     table = pages["case-summary.csv"].decode()
     assert "Decision support only" in summary and "bundled" in summary
     assert QUERY in summary and "similarity" in summary and "accuracy" in summary
-    patients = {row["patient_id"] for row in csv.DictReader(open(tmp / "labels.csv"))}
+    with open(tmp / "labels.csv", newline="") as fh:
+        patients = {row["patient_id"] for row in csv.DictReader(fh)}
     assert not any(p in summary or p in table for p in patients)
     assert len(table.splitlines()) > 2
     (tmp / "summary.html").write_text(summary)

@@ -49,9 +49,7 @@ def test_draw_a_box_and_search_the_region(page, mg_server):  # noqa: F811
     assert all(abs(a - b) <= 12 for a, b in zip(drawn, BOX, strict=True)), drawn  # 432,652,..
     page.locator("#region-search").click()
     _wait_status(page, "regions nearest to the box")
-    page.wait_for_function(
-        "document.querySelectorAll('#results .pc-cap').length > 0"
-    )
+    page.wait_for_function("document.querySelectorAll('#results .pc-cap').length > 0")
     captions = page.locator("#results .pc-cap").all_inner_texts()
     assert all(re.search(r"-(roi|tile)\d", c) for c in captions), captions  # regions only
     page.locator("#results .pc-open").first.click()  # the hit's box on its parent film

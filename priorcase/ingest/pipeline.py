@@ -22,8 +22,8 @@ from priorcase.encoders.preprocess import PreprocessConfig, preprocess_pixels
 from priorcase.errors import ImageReadError, LabelsError, PriorcaseError, StorageError
 from priorcase.index.manifest import Manifest
 from priorcase.index.previews import encode_preview, store_previews
-from priorcase.index.vocabulary import record_vocabulary
 from priorcase.index.store import CaseStore, StoredRow, sql_quote
+from priorcase.index.vocabulary import record_vocabulary
 from priorcase.ingest.breast import MAMMOGRAPHY, BreastConfig, BreastView, prepare
 from priorcase.ingest.columns import MAX_COLUMNS, check_names
 from priorcase.ingest.labels import PATIENT_COLUMN, LabelTable, read_findings, read_labels
