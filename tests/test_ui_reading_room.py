@@ -211,3 +211,78 @@ def test_export_summary(page, room):
     (tmp / "summary.html").write_text(summary)
     page.goto(f"file://{tmp / 'summary.html'}")
     _shot(page, "export-summary")
+
+
+def test_library_map_hover_click_and_box_select(page, room):
+    url, *_ = room
+    _by_id(page, url)
+    page.get_by_role("tab", name="Library").click()
+    points = page.locator("#library-map .pc-pt")
+    points.first.wait_for()
+    assert points.count() == len(FILMS)
+    title = points.first.locator("title").text_content()
+    assert title.startswith("mdb") and "pathology" in title  # hover text: id and labels
+    # shapes, not colour alone: whole images are circles, and the legend names the shapes
+    assert page.locator("#library-map circle.pc-pt").count() == len(FILMS)
+    assert "■ region of interest" in page.locator("#library-map").inner_text()
+    page.locator("#library-map .pc-star").wait_for()
+    _shot(page, "library-map-interactive")
+    # a box over the whole map selects every case into the results
+    svg = page.locator("#library-map svg").bounding_box()
+    page.mouse.move(svg["x"] + 2, svg["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(svg["x"] + svg["width"] / 2, svg["y"] + svg["height"] / 2)
+    page.mouse.move(svg["x"] + svg["width"] - 2, svg["y"] + svg["height"] - 2)
+    page.mouse.up()
+    _wait_status(page, f"{len(FILMS)} cases selected on the map")
+    # a click on one point opens that case beside the query
+    page.get_by_role("tab", name="Library").click()
+    target = points.nth(2).get_attribute("data-id")
+    points.nth(2).dispatch_event("click")
+    _wait_status(page, f"Opened case {target}")
+    page.get_by_role("tab", name="Search").click()
+    caption = page.locator(".pc-pane[data-side='case'] figcaption").inner_text()
+    assert target in caption
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (768, 1024)])
+def test_responsive_without_sideways_overflow(browser, room, size):  # noqa: F811
+    url, *_ = room
+    context = browser.new_context(viewport={"width": size[0], "height": size[1]})
+    page = context.new_page()
+    try:
+        _by_id(page, url)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= size[0], f"page is {width} px wide in a {size[0]} px window"
+        _shot(page, f"responsive-{size[0]}x{size[1]}")
+    finally:
+        context.close()
+
+
+CONTRAST_JS = """els => els.map(e => {
+  const rgb = s => s.match(/[0-9.]+/g).slice(0, 3).map(Number);
+  const lum = c => { const [r, g, b] = c.map(v => { v /= 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  let n = e, bg = 'rgba(0, 0, 0, 0)';
+  while (n && (bg === 'rgba(0, 0, 0, 0)' || bg === 'transparent')) {
+    bg = getComputedStyle(n).backgroundColor; n = n.parentElement; }
+  const a = lum(rgb(getComputedStyle(e).color)), b = lum(rgb(bg));
+  return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+})"""
+
+
+def test_contrast_and_labels(page, room):
+    """WCAG AA (4.5:1) for the reading room's own text; every control has a name."""
+    url, *_ = room
+    _by_id(page, url)
+    selectors = ".pc-cap, .pc-score, .pc-meta, .pc-marker, .pc-pane figcaption, .pc-keys, " \
+        ".pc-search-with, .pc-tools button, #status-box p"  # fmt: skip
+    ratios = page.eval_on_selector_all(selectors, CONTRAST_JS)
+    assert ratios and min(ratios) >= 4.5, sorted(ratios)[:5]
+    unnamed = page.eval_on_selector_all(
+        ".pc-viewer button, .pc-viewer select, .pc-viewer input, .pc-card button",
+        "els => els.filter(e => !(e.getAttribute('aria-label') || e.innerText.trim() ||"
+        " e.closest('label'))).length",
+    )
+    assert unnamed == 0

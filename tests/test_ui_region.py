@@ -38,11 +38,12 @@ def test_draw_a_box_and_search_the_region(page, mg_server):  # noqa: F811
     canvas.wait_for()
     page.wait_for_function("document.querySelector('#region-canvas img').naturalWidth > 0")
     page.wait_for_timeout(1000)  # let the layout settle (the query view lands above)
-    frame = canvas.bounding_box()
     # the canvas shows the whole 1024 x 1024 film: click the box's corners at their fractions;
     # each click waits for its answer (a click while one is pending is dropped)
     answers = ("one more corner", "source pixels")
     for (x, y), answer in zip((BOX[:2], BOX[2:]), answers, strict=True):
+        canvas.scroll_into_view_if_needed()
+        frame = canvas.bounding_box()  # read each time: the page above may have grown
         canvas.click(position={"x": frame["width"] * x / 1024, "y": frame["height"] * y / 1024})
         page.locator("#region-box").get_by_text(answer).wait_for()
     drawn = [int(v) for v in re.findall(r"\d+", page.locator("#region-box").inner_text())[:4]]

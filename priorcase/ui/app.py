@@ -65,7 +65,7 @@ CSS = (
 .pc-card .pc-open { background: #000; border: 0; padding: 0; cursor: pointer; }
 .pc-card img { width: 100%; height: 140px; object-fit: contain; display: block; }
 .pc-cap { font-size: .8rem; line-height: 1.3; overflow-wrap: anywhere; }
-.pc-score { white-space: nowrap; color: #d8e8ff; }
+.pc-score { color: #d8e8ff; }
 .pc-meta { color: #cfcfcf; }
 .pc-search-with { background: #2d4f7c; color: #fff; border: 1px solid #9cc3ff;
   border-radius: 4px; padding: 3px; font-size: .8rem; cursor: pointer; }
@@ -80,13 +80,16 @@ CSS = (
 """
 )
 
-# Result cards and map points talk to the server through one hidden text box (#pc-action):
+# Result cards and map points talk to the server through two hidden text boxes, #pc-action
+# (a new query: classification and map follow) and #pc-open (open or select cases only):
 # "<verb>|<argument>|<nonce>", read by ``on_action``.
 ACTIONS_JS = r"""
 () => {
   if (window.pcActions) return;
   const send = (verb, arg) => {
-    const box = document.querySelector('#pc-action textarea, #pc-action input');
+    // a new query (search) goes to #pc-action; opening or selecting cases to #pc-open
+    const id = verb === 'search' ? '#pc-action' : '#pc-open';
+    const box = document.querySelector(`${id} textarea, ${id} input`);
     if (!box) return;
     box.value = `${verb}|${arg}|${Date.now()}`;
     box.dispatchEvent(new Event('input', {bubbles: true}));
@@ -218,6 +221,7 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
             elem_id="status-box",
         )
         action = gr.Textbox(elem_id="pc-action", elem_classes=["pc-hidden"], container=False)
+        opener = gr.Textbox(elem_id="pc-open", elem_classes=["pc-hidden"], container=False)
 
         with gr.Tabs():
             # ------------------------------------------------------------ search
@@ -594,6 +598,7 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
         prev_case.click(on_step(-1), open_inputs, query_outputs)
         next_case.click(on_step(+1), open_inputs, query_outputs)
         chain(action.change, on_action, [action, *open_inputs, *controls], query_outputs)
+        opener.change(on_action, [opener, *open_inputs, *controls], query_outputs)
         export.click(on_export, [query_state, hits_state, ctx_state, classify_state],
                      [export_files, status])  # fmt: skip
         kind.change(on_kind, kind, filters)

@@ -140,8 +140,8 @@ def cards_html(
         kind = {"roi": " · region of interest", "tile": " · tile"}.get(hit.kind, "")
         marker = {"roi": "■", "tile": "▲"}.get(hit.kind, "●")
         score = f"similarity {hit.score:.3f}"
-        if pct is not None:
-            score += f" · {pct:.0f}th percentile of this library"
+        if pct is not None:  # what the score means: where it sits among library neighbours
+            score += f"\n{_ordinal(pct)} percentile in this library"
         meta = metadata_text(hit.metadata)
         ident = html.escape(hit.id)
         chosen = " pc-selected" if selected == n else ""
@@ -151,7 +151,8 @@ def cards_html(
             f"aria-label='open #{rank} {ident} side by side'>"
             f"<img src='{_data_url(hit.thumbnail)}' alt='thumbnail of case {ident}'></button>"
             f"<div class='pc-cap'><b>#{rank} {ident}</b> <span aria-hidden='true'>{marker}</span>"
-            f"{html.escape(kind)}<br><span class='pc-score'>{html.escape(score)}</span><br>"
+            f"{html.escape(kind)}<br><span class='pc-score'>"
+            f"{html.escape(score).replace(chr(10), '<br>')}</span><br>"
             f"{html.escape(plain_labels(hit.labels, vocabulary))}"
             + (f"<br><span class='pc-meta'>{html.escape(meta)}</span>" if meta else "")
             + "</div>"
@@ -159,3 +160,9 @@ def cards_html(
             f"aria-label='search with case {ident}'>Search with this case</button></li>"
         )
     return f"<ol class='pc-cards' aria-label='nearest prior cases'>{''.join(cards)}</ol>"
+
+
+def _ordinal(value: float) -> str:
+    n = round(value)
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

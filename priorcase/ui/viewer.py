@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +23,7 @@ from PIL import Image
 
 from priorcase.api import PriorCase
 from priorcase.index.previews import Previews, encode_preview
-from priorcase.ingest.breast import breast_on_right, segment_breast
+from priorcase.ingest.breast import BreastConfig, breast_on_right, segment_breast
 from priorcase.records import SearchHit
 
 THUMBNAIL_NOTE = "preview at thumbnail resolution"
@@ -74,30 +76,44 @@ def _side(labels: dict, metadata: dict) -> tuple[str | None, str | None]:
     return (str(lat).upper() if lat else None), (str(view).upper() if view else None)
 
 
-def _orient(pane: Pane, pixels: np.ndarray, mammo: bool) -> Pane:
-    """Mirror a mammogram so the chest wall is on the left; flip the overlays with it."""
-    if not mammo or not _faces_right(pixels):
-        pane.png, pane.width, pane.height = _png(pixels)
-        return pane
-    flipped = np.ascontiguousarray(pixels[:, ::-1])
-    pane.png, pane.width, pane.height = _png(flipped)
-    pane.mirrored = True
-    w = pane.width
-    pane.boxes = [(k, (w - x1, y0, w - x0, y1)) for k, (x0, y0, x1, y1) in pane.boxes]
-    pane.circles = [(k, (w - 1 - x, y, r)) for k, (x, y, r) in pane.circles]
+_ENCODED: OrderedDict[tuple, tuple[bytes, int, int, bool]] = OrderedDict()
+_ENCODED_MAX = 64  # films (a few MB each as PNG): the query and the cases paged through
+_ENCODED_LOCK = threading.Lock()
+
+
+def _orient(pane: Pane, pixels: np.ndarray, mammo: bool, key: tuple | None = None) -> Pane:
+    """Mirror a mammogram so the chest wall is on the left; flip the overlays with it.
+
+    The encoded film is cached under ``key`` (case id and table version, or the upload), so
+    paging through cases re-encodes only the new one."""
+    with _ENCODED_LOCK:
+        cached = _ENCODED.get((key, mammo)) if key is not None else None
+    if cached is None:
+        mirrored = mammo and _faces_right(pixels)
+        shown = np.ascontiguousarray(pixels[:, ::-1]) if mirrored else pixels
+        cached = (*_png(shown), mirrored)
+        if key is not None:
+            with _ENCODED_LOCK:
+                _ENCODED[(key, mammo)] = cached
+                while len(_ENCODED) > _ENCODED_MAX:
+                    _ENCODED.popitem(last=False)
+    pane.png, pane.width, pane.height, pane.mirrored = cached
+    if pane.mirrored:
+        w = pane.width
+        pane.boxes = [(k, (w - x1, y0, w - x0, y1)) for k, (x0, y0, x1, y1) in pane.boxes]
+        pane.circles = [(k, (w - 1 - x, y, r)) for k, (x, y, r) in pane.circles]
     return pane
 
 
 def is_mammography(pc: PriorCase, metadata: dict | None = None) -> bool:
-    """Films get mirrored and R/L-marked when the collection or the file says mammography."""
+    """Films are mirrored and R/L-marked when the file (DICOM MG), the collection (declared
+    mammography: ``--modality MG``) or its labels (a laterality column) say mammography."""
     manifest = pc.store.manifest
-    if metadata and str(metadata.get("modality", "")).upper() == "MG":
-        return True
     if manifest is None:
         return False
-    breast = getattr(manifest, "breast", None) or {}
-    declared = str(getattr(manifest, "modality", "") or "").upper() == "MG"
-    return declared or bool(breast) or "laterality" in manifest.label_columns
+    if BreastConfig.from_dict(manifest.breast).applies(metadata or {}):
+        return True
+    return "laterality" in manifest.label_columns
 
 
 def stored_pixels(pc: PriorCase, case_id: str, thumbnail: bytes) -> tuple[np.ndarray, str]:
@@ -123,7 +139,9 @@ def query_pane(pc: PriorCase, query, boxes: list | None = None) -> Pane:
     lat, view = _side(labels, query.metadata)
     pane = Pane(f"Query: {query.name}", None, resolution=resolution, laterality=lat, view=view)
     pane.boxes = _scaled_boxes(boxes or [], query.metadata, pixels)
-    return _orient(pane, pixels, is_mammography(pc, query.metadata))
+    key = ("upload", id(query.loaded)) if query.loaded is not None else None
+    key = key or (str(pc.store.db_dir), query.stored_id, pc.store.version)
+    return _orient(pane, pixels, is_mammography(pc, query.metadata), key)
 
 
 def case_pane(pc: PriorCase, hit: SearchHit, rank: int) -> Pane:
@@ -153,7 +171,8 @@ def case_pane(pc: PriorCase, hit: SearchHit, rank: int) -> Pane:
         sx, sy = _scale(film.metadata, pixels)
         x, y, r = hit.roi
         pane.circles = [("ROI", (round(x * sx), round(y * sy), max(3, round(r * sx))))]
-    return _orient(pane, pixels, is_mammography(pc, film.metadata))
+    key = (str(pc.store.db_dir), film_id, pc.store.version)
+    return _orient(pane, pixels, is_mammography(pc, film.metadata), key)
 
 
 def _scale(metadata: dict, pixels: np.ndarray) -> tuple[float, float]:
@@ -211,7 +230,7 @@ def _pane_html(pane: Pane, side: str) -> str:
         return f"<figure class='pc-pane' data-side='{side}'>{body}</figure>"
     src = "data:image/png;base64," + base64.b64encode(pane.png).decode()
     lat = pane.laterality or "?"
-    marker = f"{lat} {pane.view or 'view ?'}" + (" · mirrored" if pane.mirrored else "")
+    marker = f"{lat} {pane.view or 'view unknown'}" + (" · mirrored" if pane.mirrored else "")
     note = "" if pane.resolution == FULL_NOTE else f" · <b>{THUMBNAIL_NOTE}</b>"
     title = html.escape(pane.title)
     return (
@@ -235,8 +254,8 @@ def viewer_html(left: Pane | None, right: Pane | None) -> str:
     )
     toolbar = (
         "<div class='pc-tools' role='toolbar' aria-label='viewer tools'>"
-        "<button type='button' data-act='zoom-in' aria-label='zoom in'>＋ Zoom</button>"
-        "<button type='button' data-act='zoom-out' aria-label='zoom out'>－ Zoom</button>"
+        "<button type='button' data-act='zoom-in' aria-label='zoom in'>Zoom + </button>"
+        "<button type='button' data-act='zoom-out' aria-label='zoom out'>Zoom - </button>"
         "<button type='button' data-act='reset' aria-label='reset zoom, pan and window'>"
         "Reset (0)</button>"
         f"<label>Window <select class='pc-preset' aria-label='window preset'>{options}</select>"
@@ -246,7 +265,7 @@ def viewer_html(left: Pane | None, right: Pane | None) -> str:
         "<label>Width <input class='pc-w' type='range' min='8' max='510' value='255' "
         "aria-label='window width'></label>"
         "<button type='button' data-act='overlays' aria-pressed='true'>Overlays (o)</button>"
-        "<span class='pc-keys'>keys: [ ] previous/next case · + − zoom · 0 reset · o overlays"
+        "<span class='pc-keys'>keys: [ ] previous/next case · + - zoom · 0 reset · o overlays"
         "</span></div>"
     )
     svg_filter = (
