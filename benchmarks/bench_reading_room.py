@@ -4,8 +4,8 @@ export; and the disk cost of full-resolution previews.
     python benchmarks/bench_reading_room.py --films 24            # MIAS films (bundled encoder)
     python benchmarks/bench_reading_room.py --synthetic 10000     # bench_ui's 10k library
 
-The synthetic library replicates a few ingested films' vectors (see ``bench_ui.py``); only the
-ingested seed films have previews, the replicas show their thumbnail.
+The synthetic library replicates 12 ingested films' vectors (see ``bench_ui.py``); each replica
+gets its seed film's full-resolution preview, so the previews table holds 10k films.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def library(args, tmp: Path):
         from bench_ui import build_library
 
         pc, files, _ = build_library(tmp / "db", args.synthetic, 12)
+        copy_previews(pc, sorted(f.stem for f in files), args.synthetic)
         return pc, files[0].stem
     root = Path("/work/shared/data/mias")
     files = sorted((root / "images").glob("*.png"))[: args.films]
@@ -34,6 +35,23 @@ def library(args, tmp: Path):
     pc.ingest(files, labels=root / "images.csv", findings=root / "findings.csv", workers=0,
               progress=False)  # fmt: skip
     return pc, files[0].stem
+
+
+def copy_previews(pc, seeds: list[str], n_cases: int, batch: int = 250) -> None:
+    """Give every replica ``syn{i}`` its seed film's preview (``bench_ui`` replicates seed
+    ``i % len(seeds)``), so the 10k library costs the disk, and answers, of 10k real films."""
+    from priorcase.index.previews import Preview, Previews
+
+    previews = Previews(pc.store)
+    films = [previews.get(s) for s in seeds]
+    rows = []
+    for i in range(n_cases - len(seeds)):
+        film = films[i % len(films)]
+        rows.append(Preview(f"syn{i:06d}", film.png, film.width, film.height))
+        if len(rows) == batch:
+            previews.put(rows)
+            rows = []
+    previews.put(rows)
 
 
 def main() -> None:

@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from priorcase.ui.actions import Actions
-    from priorcase.ui.gallery import gallery_items
+    from priorcase.ui.gallery import cards_html
     from priorcase.ui.library_view import label_counts
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,8 +145,8 @@ def main() -> None:
             top = np.argpartition(-scores, args.k)[: args.k]
             return top[np.argsort(-scores[top])]
 
-        def render(fig):
-            fig.savefig(io.BytesIO(), format="png")  # as gr.Plot does
+        def render(page: str) -> int:
+            return len(page)  # the map is SVG markup, drawn by the browser
 
         cold = {}
         for name, fn in (
@@ -160,8 +160,8 @@ def main() -> None:
         cases = [
             ("baseline: numpy brute-force kNN", numpy_knn),
             ("image search (vector -> hits)", lambda: actions.search_vector(query, args.k)),
-            ("  + gallery items (decode thumbs)",
-             lambda: gallery_items(actions.search_vector(query, args.k))),
+            ("  + result cards (inline thumbs)",
+             lambda: cards_html(actions.search_vector(query, args.k))),
             ("filtered search (label + SQL)",
              lambda: actions.search_vector(
                  query, args.k, "image",
@@ -172,7 +172,7 @@ def main() -> None:
              lambda: actions.search_vector(actions.query_from_id(qid), args.k)),
             ("text search", lambda: actions.search_text("dense glandular breast", args.k)),
             (f"classification panel ({column})", lambda: actions.classify(query, column)),
-            ("library map (figure + PNG)",
+            ("library map (SVG)",
              lambda: render(actions.library_map(column, "image", query))),
             ("library counts table", lambda: label_counts(pc)),
         ]  # fmt: skip

@@ -19,7 +19,7 @@ from priorcase.records import LoadedImage, SearchHit
 from priorcase.retrieval.reference import Reference, search_reference
 from priorcase.retrieval.regions import add_matches, query_tiles, query_view
 from priorcase.ui.classify_panel import ClassifyPanel
-from priorcase.ui.library_view import LibraryMap
+from priorcase.ui.library_view import LibraryMap, map_svg
 
 ANY = "any"
 ALL_KINDS = "all"
@@ -265,7 +265,8 @@ class Actions:
             query.vector, column, kind, exclude_group=group, query_id=query.stored_id
         )
 
-    def library_map(self, column: str | None, kind: str | None, query: Query | None):
-        kind = self.kind_arg(kind)
+    def library_map(self, column: str | None, kind: str | None, query: Query | None) -> str:
+        """The interactive SVG map, with the query (if any) as a star."""
         vector = None if query is None else query.vector
-        return self.library.figure(column, kind, vector, query.name if query else "query")
+        name = query.name if query else "query"
+        return map_svg(self.library, column, self.kind_arg(kind), vector, name)

@@ -1,4 +1,5 @@
-"""Library tab: what is in the index (counts per label, encoder, dates) and a 2-D PCA map."""
+"""Library tab: what is in the index (counts per label, encoder, dates) and an interactive
+2-D PCA map (SVG: hover, click, box selection)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections import Counter
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
 from priorcase.api import PriorCase
@@ -84,64 +84,6 @@ class LibraryMap:
                 self._cache = {k: v for k, v in self._cache.items() if k[0] == key[0]}
                 self._cache[key] = (pca, pca.transform(X), ids)
             return self._cache[key]
-
-    def figure(
-        self,
-        column: str | None,
-        kind: str | None = "image",
-        query: np.ndarray | None = None,
-        query_name: str = "query",
-    ) -> Figure:
-        """Scatter of the library coloured by ``column``; the query (if any) as a star."""
-        fig = Figure(figsize=(7.5, 5.6), dpi=100, layout="constrained")
-        ax = fig.add_subplot()
-        if self.pc.store.count(kind) < 2:
-            ax.text(0.5, 0.5, "not enough cases for a map", ha="center", transform=ax.transAxes)
-            ax.set_axis_off()
-            return fig
-        pca, coords, ids = self.projection(kind)
-        values = self.pc.store.column_values(column, kind) if column else {}
-        labels = np.array([values.get(i) or UNLABELLED for i in ids], dtype=object)
-        counts = Counter(labels.tolist())
-        keep = [v for v, _ in counts.most_common(MAX_CATEGORIES - 1)]
-        if len(counts) > MAX_CATEGORIES - 1:
-            labels = np.where(np.isin(labels, keep), labels, "other")
-            keep.append("other")
-        size = 10 if len(coords) > 2000 else 28
-        for n, value in enumerate(sorted(keep, key=lambda v: (v in (UNLABELLED, "other"), v))):
-            sel = labels == value
-            colour = "#bbbbbb" if value in (UNLABELLED, "other") else COLOURS[n % len(COLOURS)]
-            ax.scatter(
-                coords[sel, 0],
-                coords[sel, 1],
-                s=size,
-                c=colour,
-                alpha=0.75,
-                label=f"{value} ({int(sel.sum())})",
-                edgecolors="none",
-            )
-        if query is not None:
-            q = pca.transform(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
-            ax.scatter(
-                [q[0]],
-                [q[1]],
-                marker="*",
-                s=420,
-                c="#ffd700",
-                edgecolors="black",
-                linewidths=1.2,
-                label=f"query: {query_name}",
-                zorder=5,
-            )
-        ratio = pca.explained_variance_ratio_
-        ax.set_xlabel(f"PC 1 ({ratio[0]:.0%} of variance)")
-        ax.set_ylabel(f"PC 2 ({ratio[1]:.0%} of variance)")
-        ax.set_title(
-            f"{len(coords)} {kind or 'stored'} embeddings coloured by {column or 'nothing'}"
-        )
-        ax.legend(loc="best", fontsize=8, framealpha=0.85)
-        ax.grid(alpha=0.25)
-        return fig
 
 
 _SHAPES = {"image": "circle", "roi": "square", "tile": "triangle"}
