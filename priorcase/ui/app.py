@@ -349,7 +349,7 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
             """Hits of the current page for the query ``ctx`` describes, and its message."""
             per_page, page = int(k_), int(ctx.get("page", 0))
             want = per_page * (page + 1)
-            sql = where_sql(where_, fvals)
+            sql = where_sql(where_, fvals) if ctx["mode"] != "region" else None
             if ctx["mode"] == "text":
                 hits = actions.search_text(ctx["text"], want, kind_, sql)
                 what = f"cases matching the description {ctx['text']!r}"
@@ -607,7 +607,16 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
         colour.change(on_map, map_inputs, plot)
         map_kind.change(on_map, map_inputs, plot)
         demo.load(on_map, map_inputs, plot)
-        demo.load(lambda: (about(), label_counts(pc)), None, [summary, counts])
+
+        def counts_in_words():
+            table = label_counts(pc)
+            table["value"] = [
+                expand(vocabulary, c, v)
+                for c, v in zip(table["label"], table["value"], strict=True)
+            ]
+            return table
+
+        demo.load(lambda: (about(), counts_in_words()), None, [summary, counts])
 
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=64)
     if warm_up:
