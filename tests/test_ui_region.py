@@ -44,7 +44,10 @@ def test_draw_a_box_and_search_the_region(page, mg_server):  # noqa: F811
     for (x, y), answer in zip((BOX[:2], BOX[2:]), answers, strict=True):
         canvas.scroll_into_view_if_needed()
         frame = canvas.bounding_box()  # read each time: the page above may have grown
-        canvas.click(position={"x": frame["width"] * x / 1024, "y": frame["height"] * y / 1024})
+        # the film is drawn "contain" in the element: letterboxed when their shapes differ
+        scale = min(frame["width"], frame["height"])  # the film is square
+        left, top = (frame["width"] - scale) / 2, (frame["height"] - scale) / 2
+        canvas.click(position={"x": left + scale * x / 1024, "y": top + scale * y / 1024})
         page.locator("#region-box").get_by_text(answer).wait_for()
     drawn = [int(v) for v in re.findall(r"\d+", page.locator("#region-box").inner_text())[:4]]
     assert all(abs(a - b) <= 12 for a, b in zip(drawn, BOX, strict=True)), drawn  # 432,652,..
