@@ -224,22 +224,21 @@ class Actions:
 
     def search_reference(
         self, hits: list[SearchHit], text: str | None, kind: str | None
-    ) -> tuple[Reference, str]:
-        """The search's reference status and a sentence on where its best score sits."""
+    ) -> tuple[Reference, str, list[float | None]]:
+        """The search's reference status, a sentence on where its best score sits, and each
+        hit's score as a percentile of the library's own nearest-neighbour scores."""
         reference, percentiles = search_reference(self.pc, hits, text, self.kind_arg(kind))
+        percentiles = list(percentiles) if percentiles is not None else [None] * len(hits)
         if not hits or percentiles[0] is None:
-            return reference, ""
-        return reference, (
-            f" Best score {hits[0].score:.3f}: percentile {percentiles[0]:.0f} of this "
-            "library's own nearest-neighbour scores."
+            return reference, "", percentiles
+        return (
+            reference,
+            (
+                f" Best score {hits[0].score:.3f}: percentile {percentiles[0]:.0f} of this "
+                "library's own nearest-neighbour scores."
+            ),
+            percentiles,
         )
-
-    def percentiles(
-        self, hits: list[SearchHit], text: str | None, kind: str | None
-    ) -> list[float | None]:
-        """Each hit's score as a percentile of the library's own nearest-neighbour scores."""
-        percentiles = search_reference(self.pc, hits, text, self.kind_arg(kind))[1]
-        return list(percentiles) if percentiles is not None else [None] * len(hits)
 
     def parent_of(self, hit: SearchHit) -> SearchHit | None:
         """The whole-film row an ROI hit was cut from (thumbnail and metadata)."""

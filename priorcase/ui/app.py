@@ -353,16 +353,14 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
             if ctx["mode"] == "text":
                 hits = actions.search_text(ctx["text"], want, kind_, sql)
                 what = f"cases matching the description {ctx['text']!r}"
-                reference, best = actions.search_reference(hits, ctx["text"], kind_)
             elif ctx["mode"] == "region":
                 hits = region.search(pc, ctx["region"], want, kind_, exclude_)
                 what = f"regions nearest to the box {ctx['box']} on {query.name}"
-                reference, best = actions.search_reference(hits, None, "roi")
+                kind_ = hits[0].kind if hits else "roi"  # scored among regions
             else:
                 hits = actions.search_vector(query, want, kind_, sql, exclude_)
                 what = f"cases nearest to {query.name}"
-                reference, best = actions.search_reference(hits, None, kind_)
-            percentiles = actions.percentiles(hits, ctx.get("text"), kind_)
+            reference, best, percentiles = actions.search_reference(hits, ctx.get("text"), kind_)
             start = per_page * page
             hits, percentiles = hits[start:want], percentiles[start:want]
             message = f"Query: {query.name if query else ctx.get('text')} · {len(hits)} {what}"
