@@ -57,8 +57,11 @@ def copy_previews(pc, seeds: list[str], n_cases: int, batch: int = 250) -> None:
 def settled(page, case: str) -> None:
     """Wait until the search's follow-ups (classification panel, map) have answered, so the
     timings are of the click alone (a click during them waits in Gradio's queue)."""
-    page.locator("#classify-headline").get_by_text(case).first.wait_for()
-    page.locator("#library-map .pc-star").wait_for(state="attached")
+    page.wait_for_function(  # the other tabs are hidden: read their text, not visibility
+        "c => (document.querySelector('#classify-headline') || {}).textContent.includes(c)"
+        " && document.querySelector('#library-map .pc-star')",
+        arg=case,
+    )
 
 
 def main() -> None:
