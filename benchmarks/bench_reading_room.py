@@ -58,7 +58,7 @@ def settled(page, case: str) -> None:
     """Wait until the search's follow-ups (classification panel, map) have answered, so the
     timings are of the click alone (a click during them waits in Gradio's queue)."""
     page.wait_for_function(  # the other tabs are hidden: read their text, not visibility
-        "c => (document.querySelector('#classify-headline') || {}).textContent.includes(c)"
+        "c => (document.querySelector('#classify-headline')?.textContent || '').includes(c)"
         " && document.querySelector('#library-map .pc-star')",
         arg=case,
     )

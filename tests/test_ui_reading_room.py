@@ -286,3 +286,34 @@ def test_contrast_and_labels(page, room):
         " e.closest('label'))).length",
     )
     assert unnamed == 0
+
+
+def test_exclusion_count_and_paging(page, room, tmp_path):
+    url, _, files = room
+    page.goto(url)
+    page.get_by_label("exclude same patient").check()
+    page.locator("#case-id input").fill("mdb001")  # mdb002 is the other breast of P001
+    page.locator("#id-search").click()
+    _wait_status(page, "hid 1 case(s) of this patient")
+    ids = page.eval_on_selector_all(".pc-search-with", "els => els.map(e => e.dataset.id)")
+    assert "mdb002" not in ids and "mdb001" not in ids
+    # a PNG carries no patient identity: say so rather than silently doing nothing
+    png = tmp_path / "film.png"
+    pixels = np.asarray(Image.open(files[3]).convert("L")).copy()
+    pixels[:8, :8] = 0  # not byte-identical to the stored film (which has a patient)
+    Image.fromarray(pixels).save(png)
+    page.locator("#query-upload input[type=file]").set_input_files(str(png))
+    _wait_status(page, "This query has no patient identity")
+    # pages of 2: the second page starts at rank 3
+    page.get_by_label("exclude same patient").uncheck()
+    page.locator("#case-id input").fill(QUERY)
+    page.locator("#id-search").click()
+    _wait_status(page, f"Query: {QUERY}")
+    slider = page.locator("input[type=number]").first
+    slider.fill("2")
+    slider.press("Enter")
+    page.locator("#rerun").click()
+    page.wait_for_function("document.querySelectorAll('.pc-card').length === 2")
+    page.locator("#next-page").click()
+    _wait_status(page, "(page 2)")
+    assert page.locator(".pc-cap b").first.inner_text().startswith("#3 ")
