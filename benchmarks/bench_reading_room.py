@@ -83,7 +83,7 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.set_default_timeout(120_000)
+            page.set_default_timeout(600_000)  # cold caches on 10k rows under load
             page.goto(url)
             page.locator("#case-id input").fill(case)
             page.locator("#id-search").click()

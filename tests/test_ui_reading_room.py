@@ -288,6 +288,7 @@ def test_contrast_and_labels(page, room):
     assert unnamed == 0
 
 
+@pytest.mark.slow  # three searches and an upload: 45 s on a loaded 2-core machine
 def test_exclusion_count_and_paging(page, room, tmp_path):
     url, _, files = room
     page.goto(url)
