@@ -49,6 +49,11 @@ def test_draw_a_box_and_search_the_region(page, mg_server):  # noqa: F811
         left, top = (frame["width"] - scale) / 2, (frame["height"] - scale) / 2
         canvas.click(position={"x": left + scale * x / 1024, "y": top + scale * y / 1024})
         page.locator("#region-box").get_by_text(answer).wait_for()
+        page.wait_for_function(  # the redrawn film has loaded before the next click
+            "(i => i && i.complete && i.naturalWidth > 0)"
+            "(document.querySelector('#region-canvas img'))"
+        )
+        page.wait_for_timeout(300)
     drawn = [int(v) for v in re.findall(r"\d+", page.locator("#region-box").inner_text())[:4]]
     assert all(abs(a - b) <= 12 for a, b in zip(drawn, BOX, strict=True)), drawn  # 432,652,..
     page.locator("#region-search").click()
