@@ -78,6 +78,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pc, case = library(args, Path(tmp))
         count, size = Previews(pc.store).stats()
+        start = time.perf_counter()
+        pc.joint_space()  # as ``serve`` warms up: timings below are of warm caches
+        print(f"warm-up (text aligner): {time.perf_counter() - start:.0f} s", flush=True)
         demo, url = _launch(pc)
         timings: dict[str, list[float]] = {"open side by side": [], "zoom": [], "export": []}
         with sync_playwright() as p:
