@@ -28,7 +28,7 @@ TABLE_NAME = "cases"
 DERIVED_DIRS = ("classifiers", "faiss")
 DERIVED_GLOBS = ("text-aligner-*.pt", "text-aligner-*.pt.lock")
 # Compact after an ingest that made at least this many commits.
-OPTIMIZE_AFTER_COMMITS = 20
+OPTIMIZE_AT_FRAGMENTS = 20  # small fragments from many commits slow every scan
 _RETRIES = 8
 _T = TypeVar("_T")
 # "path" stays reserved: old libraries stored source paths there; new rows never do.
@@ -289,10 +289,14 @@ class CaseStore:
                 lambda: table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
             )
 
-    def maybe_optimize(self, commits: int) -> bool:
-        """Compact after a large ingest (old versions are kept: readers may still use them)."""
+    def maybe_optimize(self) -> bool:
+        """Compact once commits have left many fragments (old versions are kept: readers may
+        still use them)."""
         table = self.table
-        if table is None or commits < OPTIMIZE_AFTER_COMMITS:
+        if (
+            table is None
+            or table.stats()["fragment_stats"]["num_fragments"] < OPTIMIZE_AT_FRAGMENTS
+        ):
             return False
         with self._lock:
             self._retry(table.optimize)

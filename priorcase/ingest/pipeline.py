@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import os
+import threading
 import time
 import zlib
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -41,6 +43,7 @@ from priorcase.records import CaseRecord, Finding, IngestReport
 ROI_TYPE = "roi_type"  # label set on every ROI row: "lesion" or "normal"
 DEFAULT_NORMAL_RADIUS = 48  # when the findings give no radii to match
 MIN_NORMAL_RADIUS = 16
+COMPACT_EVERY_COMMITS = 20  # how often a long ingest checks its fragment count
 
 
 @dataclass
@@ -246,8 +249,8 @@ def ingest(
             commits += 1
         if tasks:
             commits += _embed_and_store(store, encoder, tasks, pseudonymize, options, report, views)
-        if store.maybe_optimize(commits):
-            report.notes.append(f"compacted the table after {commits} commits")
+        if store.maybe_optimize():
+            report.notes.append(f"compacted the table ({commits} commits in this ingest)")
     except StorageError as err:
         report.stopped = str(err)
     unlabelled = sum(1 for t in tasks if labels is not None and not any(t.labels.values()))
@@ -433,8 +436,9 @@ def _embed_and_store(
     manifest = store.manifest
     assert manifest is not None
     no_room: list[str] = []
-    commits = 0
-    with tqdm(total=len(tasks), desc="embedding", unit="img", disable=not options.progress) as bar:
+    writer = _BatchWriter(store, report)
+    bar = tqdm(total=len(tasks), desc="embedding", unit="img", disable=not options.progress)
+    with writer, bar:
         for items in loader:
             good = [item for item in items if "error" not in item]
             report.failures += [item["error"] for item in items if "error" in item]
@@ -442,15 +446,17 @@ def _embed_and_store(
             new_meta = {k for r in records for k in r.metadata} - set(manifest.metadata_columns)
             new_meta -= set(manifest.label_columns)
             if new_meta:
+                writer.drain()  # queued rows were converted with the columns they had
                 manifest.metadata_columns += sorted(new_meta)
                 manifest.commit(store.db_dir)  # columns first: a crash leaves only unused names
-            commits += _write(store, records, {i["task"].image_id: i["task"] for i in good}, report)
+            writer.submit(records, {i["task"].image_id: i["task"] for i in good})
             no_room += [
                 item["task"].path.name
                 for item in good
                 if item["task"].normal_rois and not item["task"].findings and not item["rois"]
             ]
             bar.update(len(items))
+    commits = writer.commits
     if no_room:
         report.notes.append(
             f"{len(no_room)} films had no patch of breast large enough for a normal ROI: "
@@ -458,6 +464,67 @@ def _embed_and_store(
             + (" ..." if len(no_room) > 10 else "")
         )
     return commits
+
+
+class _BatchWriter:
+    """Writes batches through :func:`_write` on one background thread, in order, so the next
+    batch is decoded and embedded while LanceDB commits this one. Batches that queue up while
+    a write runs go out as one larger commit; a failed write stops every later one and is
+    raised in the ingesting thread (by :meth:`drain` or on leaving the ``with`` block)."""
+
+    def __init__(self, store: CaseStore, report: IngestReport) -> None:
+        self.store = store
+        self.report = report
+        self.commits = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="priorcase-writer")
+        self._lock = threading.Lock()
+        self._queued: list[tuple[list[CaseRecord], dict[str, _Task]]] = []
+        self._futures: list[Future] = []
+        self._failed = False
+        self._compacted_at = 0
+
+    def submit(self, records: list[CaseRecord], tasks: dict[str, _Task]) -> None:
+        self._raise_failure()
+        with self._lock:
+            self._queued.append((records, tasks))
+        self._futures.append(self._pool.submit(self._flush))
+
+    def drain(self) -> None:
+        """Wait for every queued write; re-raise the first failure."""
+        for future in self._futures:
+            future.result()
+        self._futures.clear()
+
+    def _raise_failure(self) -> None:
+        failed = [f for f in self._futures if f.done() and f.exception() is not None]
+        if failed:
+            self.drain()
+
+    def _flush(self) -> None:
+        with self._lock:
+            batches, self._queued = self._queued, []
+        if not batches or self._failed:
+            return
+        records = [r for batch, _ in batches for r in batch]
+        tasks = {i: t for _, batch_tasks in batches for i, t in batch_tasks.items()}
+        try:
+            self.commits += _write(self.store, records, tasks, self.report)
+            if self.commits - self._compacted_at >= COMPACT_EVERY_COMMITS:
+                self._compacted_at = self.commits
+                self.store.maybe_optimize()  # a long ingest stays compact as it goes
+        except BaseException:
+            self._failed = True
+            raise
+
+    def __enter__(self) -> _BatchWriter:
+        return self
+
+    def __exit__(self, kind, value, trace) -> None:
+        try:
+            if kind is None:
+                self.drain()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _write(
