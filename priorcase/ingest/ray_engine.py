@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import socket
 import warnings
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from priorcase import errors
 from priorcase.encoders.base import Encoder
 from priorcase.encoders.preprocess import PreprocessConfig, preprocess_pixels
 from priorcase.errors import PriorcaseError, SaltMismatchError
@@ -264,26 +266,21 @@ def _run(iterable):
     except PriorcaseError:
         raise
     except Exception as err:
-        cause = _priorcase_cause(err)
-        if cause is not None:
-            raise PriorcaseError(cause) from None
-        first = next((line for line in str(err).splitlines() if line.strip()), "")
-        raise PriorcaseError(f"Ray ingest failed: {type(err).__name__}: {first}") from err
+        # Ray hands the worker's exception over as traceback text only
+        raise PriorcaseError(_worker_error(str(err)) or _first_line(err)) from None
 
 
-def _priorcase_cause(err: BaseException) -> str | None:
-    """The message of the first PriorcaseError a Ray error wraps (raised in a worker)."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [err]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, PriorcaseError):
-            return str(cause).strip().splitlines()[-1] if str(cause).strip() else None
-        if isinstance(e, PriorcaseError) and "Traceback" not in str(e):
-            return str(e)
-        stack += [cause, e.__cause__, e.__context__]
-    return None
+def _worker_error(text: str) -> str | None:
+    """The message of the last priorcase error named in a worker's traceback text."""
+    found = None
+    for line in text.splitlines():
+        match = re.match(r"\s*(?:priorcase\.errors\.)?(\w+): (.+)$", line)
+        kind = getattr(errors, match.group(1), None) if match else None
+        if match and isinstance(kind, type) and issubclass(kind, PriorcaseError):
+            found = match.group(2).strip()
+    return found
+
+
+def _first_line(err: Exception) -> str:
+    first = next((line for line in str(err).splitlines() if line.strip()), "")
+    return f"Ray ingest failed: {type(err).__name__}: {first.strip()}"
