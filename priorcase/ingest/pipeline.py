@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -222,7 +222,7 @@ def _ingest(
     encoder: Encoder,
     sources: Iterable[str | Path],
     options: IngestOptions,
-    engine,
+    engine: IngestEngine,
     started: float,
 ) -> IngestReport:
     report = IngestReport(encoder=encoder.spec)
@@ -304,7 +304,29 @@ def hash_file(path: Path) -> str | Unreadable:
         return Unreadable(f"{path}: cannot read: {err.strerror or err}")
 
 
-def _engine(options: IngestOptions):
+class IngestEngine(Protocol):
+    """Where files are hashed, decoded and embedded; the plan and the writes stay in
+    :func:`ingest` (:class:`LocalEngine`, or ``priorcase.ingest.ray_engine.RayEngine``)."""
+
+    def hash_files(
+        self, files: list[Path], options: IngestOptions
+    ) -> dict[Path, str | Unreadable]: ...
+
+    def embed_and_store(
+        self,
+        store: CaseStore,
+        encoder: Encoder,
+        tasks: list[_Task],
+        pseudonymize: Pseudonymizer,
+        options: IngestOptions,
+        report: IngestReport,
+        views: _Views,
+    ) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _engine(options: IngestOptions) -> IngestEngine:
     """Where files are decoded and embedded: this process, or a Ray cluster (imported only
     when asked for)."""
     if not isinstance(options.engine, str):
@@ -470,7 +492,7 @@ def _register_columns(
 class LocalEngine:
     """One process: files hashed in turn, decoded in DataLoader workers, embedded here."""
 
-    def hash_files(self, files: list[Path], options: IngestOptions) -> dict:
+    def hash_files(self, files: list[Path], options: IngestOptions) -> dict[Path, str | Unreadable]:
         bar = tqdm(files, desc="hashing", unit="file", disable=not options.progress)
         return {path: hash_file(path) for path in bar}
 

@@ -46,6 +46,7 @@ from priorcase.index.store import CaseStore
 from priorcase.ingest.pipeline import (
     BatchWriter,
     IngestOptions,
+    Unreadable,
     _Task,
     _Views,
     embed_items,
@@ -186,7 +187,7 @@ class RayEngine:
         return workers, min(1.0, max(0.25, (cpus - 1) / workers))
 
     # -------------------------------------------------------------- the engine API
-    def hash_files(self, files: list[Path], options: IngestOptions) -> dict:
+    def hash_files(self, files: list[Path], options: IngestOptions) -> dict[Path, str | Unreadable]:
         """Content hashes, computed by Ray tasks (each file read where it lies)."""
         if not files:
             return {}
