@@ -11,6 +11,10 @@ from priorcase.errors import PriorcaseError
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    if args.engine == "ray":  # refuse a missing Ray before loading the encoder
+        from priorcase.ingest.ray_engine import import_ray
+
+        import_ray()
     pc = open_library(args)
     report = pc.ingest(
         args.sources,
