@@ -21,6 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from priorcase.bench.distributed import bench_distributed
 from priorcase.bench.library import bucket_mask, where_for, write_library
 from priorcase.bench.synthetic import EmbeddingModel, sample
 from priorcase.index.faiss_budget import BudgetIndex, available_memory_mb, bitmap_selector
@@ -393,6 +394,8 @@ def run_bench(
     try:
         log("ingest")
         out["ingest"] = bench_ingest(root)
+        log("distributed ingest (Ray, 2 workers) against one process")
+        out["distributed_ingest"] = bench_distributed(root / "distributed", 64 if quick else None)
         infos = {n: bench_size(n, model, root, results, derived) for n in sizes}
         thresholds = derive_thresholds(derived)
         if write_thresholds:
@@ -417,6 +420,7 @@ def format_table(out: dict) -> str:
     lines = [
         f"machine: {out['machine']}",
         f"ingest: {out['ingest']}",
+        f"distributed ingest: {out['distributed_ingest']}",
         f"auto thresholds derived: {out['derived_thresholds']}",
         f"{'backend':<16}{'n':>9}{'sel':>6}{'build s':>9}{'open s':>8}{'p50 ms':>9}"
         f"{'p99 ms':>9}{'b64 q/s':>9}{'recall':>8}{'x brute':>9}  chosen/index",
