@@ -14,6 +14,7 @@ import contextlib
 import fnmatch
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -105,11 +106,15 @@ class LibraryLocation:
         return options
 
     def connect(self):
+        """The LanceDB connection; a remote one that fails is one StorageError line."""
         import lancedb
 
         if not self.is_remote:
             return lancedb.connect(str(self.path))
-        return lancedb.connect(self.uri, storage_options=self.storage_options())
+        try:
+            return lancedb.connect(self.uri, storage_options=self.storage_options())
+        except (ValueError, OSError, RuntimeError) as err:
+            raise StorageError(f"{self.uri}: cannot open: {short_reason(err)}") from err
 
     # ------------------------------------------------------------------ object storage
     def filesystem(self):
@@ -279,6 +284,18 @@ def redact(text: str) -> str:
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return text
+
+
+def short_reason(err: BaseException) -> str:
+    """One line for an object-storage failure: the S3 error code and message when the
+    server sent one, else the error's first line (credentials redacted, at most 200 chars)."""
+    text = str(err)
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    if code:
+        message = re.search(r"<Message>([^<]+)</Message>", text)
+        return f"{code.group(1)}: {message.group(1)}" if message else code.group(1)
+    lines = text.strip().splitlines()
+    return redact(lines[0][:200] if lines else type(err).__name__)
 
 
 def _scheme(text: str) -> str:
