@@ -151,6 +151,12 @@ def test_search_uses_lancedb_and_finds_the_same_film(remote_library, bundled) ->
     # the library's reference scores were computed once and stored beside the table
     pc.reference.assess_image(hits[0].score)
     assert [k for k in _keys(client, "lib/reference/") if k.endswith(".npy")]
+    # `priorcase index`: LanceDB's scalar indexes built in the bucket, the tuned plan beside
+    summary = pc.build_indexes()
+    assert "search path: lance (library on object storage)" in summary
+    assert any(k.startswith("lib/cases.lance/_indices/") for k in _keys(client))
+    assert "lib/ann/lance-ann.json" in _keys(client)
+    assert pc.search(image=query, k=1, kind="image")[0].id == query.stem
 
 
 @pytest.mark.mias
@@ -242,6 +248,21 @@ def test_serve_the_ui_from_the_bucket(remote_library) -> None:
         assert reference is not None
     finally:
         demo.close()
+
+
+@pytest.mark.mias
+def test_delete_erases_derived_files_in_the_bucket_and_the_cache(remote_library, bundled) -> None:
+    import priorcase
+
+    db, files, client, home = remote_library
+    assert _keys(client, "lib/classifiers/")  # saved by the classify test
+    pc = priorcase.open(db, encoder=bundled)
+    before = pc.store.count("image")
+    images, _ = pc.delete(ids=[files[-1].stem])
+    assert images == 1 and pc.store.count("image") == before - 1
+    assert not _keys(client, "lib/classifiers/")
+    assert not list((home / "cache").rglob("*.joblib"))
+    assert pc.search(image=files[-1], k=1, kind="image")[0].id != files[-1].stem
 
 
 def test_location_parsing_and_options(monkeypatch, tmp_path: Path) -> None:
