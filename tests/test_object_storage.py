@@ -250,6 +250,43 @@ def test_serve_the_ui_from_the_bucket(remote_library) -> None:
         demo.close()
 
 
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.mias
+def test_ui_in_a_browser_searches_the_bucket(remote_library) -> None:
+    """Headless Chromium uploads a film to the UI served from S3 and sees it ranked first."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import test_ui_browser as ui
+
+    import priorcase
+    from priorcase.ui.app import build_app
+
+    if not ui.CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {ui.CHROMIUM}")
+    db, files, _, _ = remote_library
+    demo = build_app(priorcase.open(db))
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(ui.CHROMIUM), headless=True, args=ui.CHROMIUM_ARGS
+            )
+            page = browser.new_context(viewport={"width": 1500, "height": 1000}).new_page()
+            page.set_default_timeout(ui.TIMEOUT_MS)
+            ui._open(page, f"http://127.0.0.1:{port}/")
+            page.locator("#query-upload input[type=file]").set_input_files(str(files[2]))
+            ui._wait_status(page, "nearest cases to")
+            page.wait_for_function(
+                "document.querySelectorAll('#results-gallery .caption-label').length > 0"
+            )
+            captions = ui._captions(page)
+            assert captions[0].startswith(f"#1 {files[2].stem}"), captions
+            browser.close()
+    finally:
+        demo.close()
+
+
 @pytest.mark.mias
 def test_delete_erases_derived_files_in_the_bucket_and_the_cache(remote_library, bundled) -> None:
     import priorcase
