@@ -200,7 +200,8 @@ class ScaledSearcher:
         else:
             dim = table.schema.field("vector").type.list_size
             remote = self.store.location.is_remote
-            choice = choose(table.count_rows(), dim, remote, self.memory_budget_mb)
+            n = 0 if remote else table.count_rows()  # remote: no count needed, requests saved
+            choice = choose(n, dim, remote, self.memory_budget_mb)
         # small libraries (exact) stay silent, as before; `priorcase index` always says which
         if choice != self.chosen and self.notify is not None and choice.backend != "exact":
             self.notify(f"search backend: {choice.backend} ({choice.reason})")
