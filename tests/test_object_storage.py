@@ -302,6 +302,36 @@ def test_delete_erases_derived_files_in_the_bucket_and_the_cache(remote_library,
     assert pc.search(image=files[-1], k=1, kind="image")[0].id != files[-1].stem
 
 
+def test_library_files_and_manifest_on_s3(s3_env) -> None:
+    """The file layer beside the table: whole-object writes, listing, deletion, and manifest
+    commits that union columns (object storage has no lock: merge, write, read back)."""
+    from priorcase.index.location import LibraryLocation
+    from priorcase.index.manifest import Manifest
+
+    client, _ = s3_env
+    location = LibraryLocation.parse(f"s3://{BUCKET}/unit/")
+    file = location.file("figures", "a.json")
+    assert file.read_bytes() is None and not file.fetch()
+    file.write_bytes(b'{"auc": 0.5}')
+    location.file("figures", "b.json").write_bytes(b"{}")
+    assert file.read_bytes() == b'{"auc": 0.5}'
+    assert location.file("figures").listing() == ["a.json", "b.json"]
+    assert [f.name for f in file.siblings()] == ["b.json"]
+    assert file.fetch() and file.local.read_bytes() == b'{"auc": 0.5}'  # cached copy
+    file.delete()
+    assert file.read_bytes() is None and not file.local.exists()
+    # (pyarrow may leave an empty "unit/figures/" folder marker)
+    assert [k for k in _keys(client, "unit/") if not k.endswith("/")] == ["unit/figures/b.json"]
+    encoder = {"spec": "x", "weights_sha256": "0" * 64, "preprocess": {}}
+    Manifest(encoder=encoder, label_columns=["tissue"]).commit(location)
+    Manifest(encoder=encoder, label_columns=["pathology"], metadata_columns=["site"]).commit(
+        location
+    )
+    stored = Manifest.load(location)
+    assert stored is not None
+    assert stored.label_columns == ["tissue", "pathology"] and stored.metadata_columns == ["site"]
+
+
 def test_location_parsing_and_options(monkeypatch, tmp_path: Path) -> None:
     from priorcase.index.location import LibraryLocation
 
