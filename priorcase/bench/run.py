@@ -23,6 +23,7 @@ import numpy as np
 
 from priorcase.bench.distributed import bench_distributed
 from priorcase.bench.library import bucket_mask, where_for, write_library
+from priorcase.bench.storage import bench_storage
 from priorcase.bench.synthetic import EmbeddingModel, sample
 from priorcase.index.faiss_budget import BudgetIndex, available_memory_mb, bitmap_selector
 from priorcase.index.lance_ann import LanceAnn, filter_sql
@@ -383,6 +384,7 @@ def run_bench(
     as_json: bool = False,
     sizes: list[int] | None = None,
     write_thresholds: bool = False,
+    only: str | None = None,
 ) -> int:
     sizes = sizes or ([10_000, 100_000] if quick else [10_000, 100_000, 1_000_000])
     started = time.perf_counter()
@@ -391,7 +393,11 @@ def run_bench(
     root = Path(tempfile.mkdtemp(prefix="priorcase-bench-"))
     results: list[dict] = []
     derived: dict = {}
+    if only == "storage":
+        return _run_storage(out, root, started, as_json)
     try:
+        log("storage: query latency from an S3-compatible server vs local disk")
+        out["storage"] = bench_storage(root)
         log("ingest")
         out["ingest"] = bench_ingest(root)
         log("distributed ingest (Ray, 2 workers) against one process")
@@ -416,11 +422,24 @@ def run_bench(
     return 0
 
 
+def _run_storage(out: dict, root: Path, started: float, as_json: bool) -> int:
+    """``priorcase bench --only storage``: the object-storage figure alone."""
+    try:
+        out["storage"] = bench_storage(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    out["machine"]["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    out["total_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(out) if as_json else f"storage: {json.dumps(out['storage'], indent=1)}")
+    return 0
+
+
 def format_table(out: dict) -> str:
     lines = [
         f"machine: {out['machine']}",
         f"ingest: {out['ingest']}",
         f"distributed ingest: {out['distributed_ingest']}",
+        f"storage: {out.get('storage')}",
         f"auto thresholds derived: {out['derived_thresholds']}",
         f"{'backend':<16}{'n':>9}{'sel':>6}{'build s':>9}{'open s':>8}{'p50 ms':>9}"
         f"{'p99 ms':>9}{'b64 q/s':>9}{'recall':>8}{'x brute':>9}  chosen/index",

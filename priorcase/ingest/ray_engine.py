@@ -41,6 +41,7 @@ from priorcase import errors
 from priorcase.encoders.base import Encoder
 from priorcase.encoders.preprocess import PreprocessConfig, preprocess_pixels
 from priorcase.errors import PriorcaseError, SaltMismatchError
+from priorcase.index.location import LibraryLocation
 from priorcase.index.manifest import Manifest
 from priorcase.index.store import CaseStore
 from priorcase.ingest.pipeline import (
@@ -76,12 +77,12 @@ def import_ray():
 def worker_pseudonymizer(db_dir: str, fingerprint: str) -> Pseudonymizer:
     """The salt on a Ray worker, from the same places the driver reads it; never created here
     (a new random key would give patients other pseudonyms) and checked by fingerprint."""
-    if not os.environ.get(SALT_ENV) and not key_file(Path(db_dir)).is_file():
+    if not os.environ.get(SALT_ENV) and not key_file(LibraryLocation.parse(db_dir)).is_file():
         raise SaltMismatchError(
             f"Ray worker on {socket.gethostname()} has no pseudonym salt: mount the key file "
             f"and set $PRIORCASE_KEY_FILE (or ${SALT_ENV}) on every worker"
         )
-    pseudonymize = Pseudonymizer.for_index(Path(db_dir))
+    pseudonymize = Pseudonymizer.for_index(LibraryLocation.parse(db_dir))
     if pseudonymize.fingerprint() != fingerprint:
         raise SaltMismatchError(
             f"Ray worker on {socket.gethostname()} has another pseudonym salt (fingerprint "
@@ -116,7 +117,9 @@ class Embedder:
 
         torch.set_num_threads(max(1, threads))
         self.encoder = create_encoder(str(described["spec"]), device)
-        Manifest(encoder=described).check_encoder(self.encoder.describe(), Path(db_dir))
+        Manifest(encoder=described).check_encoder(
+            self.encoder.describe(), LibraryLocation.parse(db_dir)
+        )
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

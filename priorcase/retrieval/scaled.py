@@ -28,7 +28,6 @@ from priorcase.records import SearchHit
 
 SCALE_BACKENDS = ("faiss-ann", "lance")
 THRESHOLDS_PATH = Path(__file__).resolve().parents[1] / "index" / "thresholds.json"
-REMOTE_PREFIXES = ("s3://", "gs://", "az://", "abfs://", "hf://", "db://")
 CACHE_DIR = "ann"
 MASK_CACHE = 32
 
@@ -234,8 +233,8 @@ class ScaledSearcher:
         elif self.backend == "exact":
             choice = Choice("exact", "asked for")
         else:
-            state = self.state()
-            remote = str(self.store.db_dir).startswith(REMOTE_PREFIXES)
+            state = self.state()  # read once per table version, so remote costs no request
+            remote = self.store.location.is_remote
             choice = choose(state.rows, state.dim, remote, self.memory_budget_mb)
         # small libraries (exact) stay silent, as before; `priorcase index` always says which
         if choice != self.chosen and self.notify is not None and choice.backend != "exact":
@@ -298,7 +297,7 @@ class ScaledSearcher:
     def lance(self) -> LanceAnn:
         table = self._table()
         if self._lance is None or self._lance.table is not table:
-            self._lance = LanceAnn(table, self.store.db_dir / CACHE_DIR)
+            self._lance = LanceAnn(table, self.store.location.child(CACHE_DIR))
         return self._lance
 
     def _search_lance(self, vectors, k, kind, where, group, ids) -> list[list[SearchHit]]:
@@ -330,19 +329,22 @@ class ScaledSearcher:
         """The budget-chosen FAISS index of this content, from disk or built (and saved)."""
         if self._faiss is not None and self._faiss[0] == cols.key:
             return self._faiss[1]
-        folder = self.store.db_dir / CACHE_DIR
-        path = folder / f"faiss-{cols.key}.index"
-        index = BudgetIndex.load(path, self.use_gpu)
+        file = self.store.location.file(CACHE_DIR, f"faiss-{cols.key}.index")
+        meta = self.store.location.file(CACHE_DIR, f"faiss-{cols.key}.json")  # its plan
+        cached = file.fetch() and meta.fetch()
+        index = BudgetIndex.load(file.local, self.use_gpu) if cached else None
         if index is None or index.index.ntotal != len(cols.rowids):
             vectors = self.columns(with_vectors=True).vectors
             assert vectors is not None
             index = BudgetIndex.build(
                 vectors, self.memory_budget_mb, self.target_recall, self.use_gpu
             )
-            index.save(path)
-            for stale in folder.glob("faiss-*"):
-                if not stale.name.startswith(path.stem):
-                    stale.unlink(missing_ok=True)
+            index.save(file.local)
+            file.upload()
+            meta.upload()
+            for stale in file.siblings():
+                if stale.name.startswith("faiss-") and not stale.name.startswith(file.local.stem):
+                    stale.delete()
         self._faiss = (cols.key, index)
         return index
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from priorcase.classifiers.joint_space import ClipSpace, JointSpace
@@ -116,7 +114,7 @@ class Searcher:
         def make() -> VectorIndex:
             if not space_key:
                 name = f"{kind or 'all'}-{self.backend}-{snapshot.digest[:32]}.index"
-                cache = Path(self.store.db_dir) / "faiss" / name
+                cache = self.store.location.file("faiss", name)
                 return VectorIndex(snapshot.vectors, self.backend, self.use_gpu, cache_path=cache)
             assert space is not None
             vectors = space.images(snapshot.vectors)
