@@ -382,7 +382,7 @@ def _plan(
     stored = store.stored_rows(manifest.label_columns)
     rois_of: dict[str, list[StoredRow]] = {}
     for row in stored.values():
-        if row.parent_id is not None:
+        if row.parent_id is not None and row.kind == "roi":  # tiles follow their film
             rois_of.setdefault(row.parent_id, []).append(row)
     tasks: list[_Task] = []
     label_updates: list[tuple[str, dict[str, str | None], dict[str, str | None]]] = []
