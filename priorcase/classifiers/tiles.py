@@ -145,6 +145,11 @@ class TileMILClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
+    def film_tiles(self, film: str) -> tuple[np.ndarray, np.ndarray]:
+        """(lesion probability, source box) of each of a stored film's tiles."""
+        check_is_fitted(self, "head_")
+        return self._tile_probs(film), self.data.tiles[film][1]
+
     def tile_probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """Lesion probability of tile vectors (e.g. a new film's tiles)."""
         check_is_fitted(self, "head_")
@@ -162,28 +167,6 @@ class TileMILClassifier(ClassifierMixin, BaseEstimator):
         best = int(np.argmax(probs))
         _, boxes, ids = self.data.tiles[film]
         return str(ids[best]), tuple(int(v) for v in boxes[best]), float(probs[best])
-
-
-def contralateral_features(
-    film_ids: np.ndarray, patients: np.ndarray, laterality: np.ndarray, score: dict[str, float]
-) -> np.ndarray:
-    """Per film: (own score, other breast's score, own minus other); other = own when the
-    patient has one film. Left and right views face the same way after the breast flip, so
-    their tiles' scores compare like for like."""
-    by_patient: dict[str, list[int]] = {}
-    for n, p in enumerate(patients):
-        by_patient.setdefault(str(p), []).append(n)
-    out = np.zeros((len(film_ids), 3))
-    for n, film in enumerate(film_ids):
-        own = score[str(film)]
-        others = [
-            score[str(film_ids[j])]
-            for j in by_patient[str(patients[n])]
-            if j != n and laterality[j] != laterality[n]
-        ]
-        other = float(np.mean(others)) if others else own
-        out[n] = (own, other, own - other)
-    return out
 
 
 def positive_values(values: dict[str, str | None], data: TileData) -> tuple[str, ...]:
