@@ -188,10 +188,22 @@ def test_eval_tiles_on_held_out_query_films(case_library, tmp_path, capsys) -> N
     before = pc.store.count("image")
     db = str(pc.store.db_dir)
     args = ["--device", "cpu", "eval", "--db", db, "--label", "pathology", "--positive"]
-    args += ["malignant", "--method", "tiles,logreg", "--queries", str(folder)]
+    args += ["malignant", "--method", "tiles,tilemean,logreg", "--queries", str(folder)]
     assert main([*args, "--labels", str(labels), "--bootstrap", "20", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["mode"] == "holdout" and out["n"] == 4
     tiles = next(m for m in out["methods"] if m["method"] == "tiles")
     assert tiles["auc"] == 1.0, "the films with the blob score above the plain ones"
+    assert {m["method"] for m in out["methods"]} == {"tiles", "tilemean", "logreg"}
     assert pc.store.count("image") == before, "queries are never stored"
+
+
+def test_eval_tilemean_on_a_multiclass_label(case_library, capsys) -> None:
+    """``--method tilemean``: a logistic head on each film's mean tile vector, any label."""
+    db = str(case_library.store.db_dir)
+    args = ["--device", "cpu", "eval", "--db", db, "--label", "pattern", "--cv", "3"]
+    assert main([*args, "--method", "tilemean,logreg", "--bootstrap", "20", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {m["method"]: m for m in out["methods"]}
+    assert set(rows) == {"tilemean", "logreg"} and rows["tilemean"]["n"] == 40
+    assert rows["tilemean"]["auc"] is not None

@@ -54,6 +54,12 @@ class TileData:
                 lesions.setdefault(parent, []).append(np.asarray(vector, np.float32))
         return cls(tiles, {k: np.stack(v) for k, v in lesions.items()})
 
+    def mean_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Per film the L2-normalised mean of its tile vectors (a texture summary of the
+        whole breast at lesion scale; used by ``--method tilemean``)."""
+        self.require(ids)
+        return l2_mean([self.tiles[str(i)][0] for i in ids])
+
     def require(self, ids: np.ndarray) -> None:
         missing = [str(i) for i in ids if str(i) not in self.tiles]
         if missing:
@@ -61,6 +67,12 @@ class TileData:
                 f"{len(missing)} films have no tiles (e.g. {missing[0]}): ingest with "
                 "--modality MG or --tile-sizes to score films from tiles"
             )
+
+
+def l2_mean(tile_vectors: list[np.ndarray]) -> np.ndarray:
+    """(n, dim): each film's tile vectors averaged, then L2-normalised."""
+    means = np.stack([np.asarray(v, np.float32).mean(0) for v in tile_vectors])
+    return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
 
 def _pool(probs: np.ndarray, pooling: str, m: int) -> float:

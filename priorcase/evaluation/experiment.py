@@ -14,7 +14,7 @@ from priorcase.classifiers.binarize import binarize_labels
 from priorcase.classifiers.calibration import GroupCalibrated
 from priorcase.classifiers.labelled import LabelledSet, labelled_set
 from priorcase.classifiers.text_spaces import FoldSpaces
-from priorcase.classifiers.tiles import TileData, TileMILClassifier
+from priorcase.classifiers.tiles import TileData, TileMILClassifier, l2_mean
 from priorcase.errors import PriorcaseError, QueryError
 from priorcase.evaluation.cases import FUSABLE, FUSED, case_result, fused_classifier, layout_for
 from priorcase.evaluation.metrics import (
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 SPACE_METHODS = (*TEXT_METHODS, "ensemble")
 TILES = "tiles"  # film scores pooled from tiles (priorcase.classifiers.tiles); X = film ids
+TILE_MEAN = "tilemean"  # a logistic head on the mean of each film's tile vectors
 
 
 @dataclass
@@ -93,10 +94,11 @@ def resolve_methods(method: str) -> list[str]:
     if method == "all":
         return list(METHODS)
     chosen = [m.strip() for m in method.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in (*METHODS, TILES)]
+    unknown = [m for m in chosen if m not in (*METHODS, TILES, TILE_MEAN)]
     if unknown:
         raise QueryError(
-            f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}, {TILES}, all"
+            f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}, {TILES}, "
+            f"{TILE_MEAN}, all"
         )
     return chosen
 
@@ -219,7 +221,7 @@ def cross_validate(
     classes = np.unique(data.y)
     pos, how = positive_class(data, classes)
     evaluation.meta["positive"], evaluation.meta["positive_chosen_by"] = pos, how
-    tile_data = _tile_data(pc, kind, data) if TILES in methods else None
+    tile_data = _tile_data(pc, kind, data, TILES in methods) if _uses_tiles(methods) else None
     runs: list[tuple[str, Any, np.ndarray | None]] = [(m, None, data.X) for m in methods]
     if nuisance if nuisance is not None else kind == "roi":
         runs.append(("nuisance", GroupCalibrated(NuisanceHead(), alpha=alpha), None))
@@ -231,6 +233,8 @@ def cross_validate(
             X = nuisance_features(pc.core.store, data.ids)
         if method == TILES:
             X = data.ids  # the tile head looks its films' tiles up by id
+        if method == TILE_MEAN:
+            X = tile_data.mean_vectors(data.ids)
 
         def make(train_idx: np.ndarray, method: str = method, fixed: Any = fixed) -> Any:
             if fixed is not None:
@@ -239,6 +243,8 @@ def cross_validate(
                 return fused_classifier(method.removesuffix(FUSED), layout, data, tile_data, knn)
             if method == TILES:
                 return TileMILClassifier(tile_data)
+            if method == TILE_MEAN:
+                return build_classifier("logreg", data, None, knn, alpha=alpha)
             space = spaces.for_rows(train_idx) if method in SPACE_METHODS else None
             return build_classifier(
                 method, data, space, knn, alpha=alpha, space_for=spaces.for_rows, rows=train_idx
@@ -291,7 +297,7 @@ def holdout(
     from priorcase.ingest.readers import iter_image_files
 
     library = labelled_set(pc.core.store, label, kind, where, positive)
-    tile_data = _tile_data(pc, kind, library) if TILES in methods else None
+    tile_data = _tile_data(pc, kind, library, TILES in methods) if _uses_tiles(methods) else None
     table = read_labels(labels_csv)
     if label not in table.columns:
         raise QueryError(f"{labels_csv} has no column {label!r}")
@@ -342,6 +348,14 @@ def holdout(
         if method == TILES:
             assert tile_data is not None
             model, proba, classes_ = _holdout_tiles(tile_data, library, query_tile_vectors)
+        elif method == TILE_MEAN:
+            assert tile_data is not None
+            films = library.subset(np.flatnonzero([str(i) in tile_data.tiles for i in library.ids]))
+            model = build_classifier("logreg", films, None, knn, alpha=alpha)
+            X_lib = tile_data.mean_vectors(films.ids)
+            proba, classes_ = holdout_proba(
+                model, X_lib, films.y, films.fold_groups, l2_mean(query_tile_vectors)
+            )
         else:
             model = build_classifier(
                 method,
@@ -374,10 +388,14 @@ def holdout(
     return evaluation
 
 
-def _tile_data(pc: Library, kind: str, data: LabelledSet) -> TileData:
+def _uses_tiles(methods: list[str]) -> bool:
+    return TILES in methods or TILE_MEAN in methods
+
+
+def _tile_data(pc: Library, kind: str, data: LabelledSet, binary: bool) -> TileData:
     if kind != "image":
-        raise QueryError("--method tiles scores whole films: use --kind image")
-    if len(set(data.y.tolist())) != 2:
+        raise QueryError("--method tiles / tilemean score whole films: use --kind image")
+    if binary and len(set(data.y.tolist())) != 2:
         raise QueryError("--method tiles scores a binary label: give --positive")
     return TileData.from_library(pc.core)
 
