@@ -16,20 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
 import priorcase
-from priorcase.classifiers.labelled import labelled_set
-from priorcase.classifiers.tiles import TileData, TileMILClassifier, contralateral_features
 from priorcase.evaluation.experiment import cross_validate
-from priorcase.evaluation.runner import cross_val_proba
-from priorcase.evaluation.splits import grouped_folds
 from priorcase.index.vector_index import VectorIndex
-from priorcase.library import build_classifier
 
 ABNORMAL = ("benign", "malignant")
 
@@ -43,48 +35,23 @@ def acc_of(evaluation) -> dict[str, float]:
 
 
 def film_and_case(pc, boot: int) -> dict:
-    """Normal vs abnormal per film and per patient, whole-film logreg vs tiles vs tiles+contra."""
-    data = labelled_set(pc.store, "pathology", "image", positive=ABNORMAL)
-    folds = grouped_folds(data.y, data.groups, n_splits=5)
-    tiles = TileData.from_library(pc.core)
-    positive = "+".join(sorted(ABNORMAL))
-    is_pos = (data.y == positive).astype(int)
-    scores = {}
-    for method in ("logreg", "tiles"):
-
-        def make(_train, method=method):
-            if method == "tiles":
-                return TileMILClassifier(tiles)
-            return build_classifier(method, data, None)
-
-        X = data.ids if method == "tiles" else data.X
-        proba, classes = cross_val_proba(make, X, data.y, data.groups, folds, progress=False)
-        scores[method] = proba[:, list(classes).index(positive)]
-    laterality = pc.store.column_values("laterality", "image")
-    lat = np.array([laterality.get(i) for i in data.ids], dtype=object)
-    feats = contralateral_features(
-        data.ids, data.groups, lat, dict(zip(data.ids, scores["tiles"], strict=True))
+    """Normal vs abnormal per film and per case (patient): whole-film logreg vs tiles, each
+    alone and fused with the other breast (``priorcase eval --case-fusion``)."""
+    evaluation = cross_validate(
+        pc,
+        "pathology",
+        ["logreg", "tiles"],
+        positive=ABNORMAL,
+        n_boot=boot,
+        progress=False,
+        case_fusion=True,
     )
-    fused = np.zeros(len(data.y))
-    for train, test in folds:  # the fusion is fitted on training films' out-of-fold scores
-        model = LogisticRegression().fit(feats[train], is_pos[train])
-        fused[test] = model.predict_proba(feats[test])[:, 1]
-    scores["tiles+contralateral"] = fused
-    out = {"film_auc": {m: float(roc_auc_score(is_pos, s)) for m, s in scores.items()}}
-    patient_pos: dict[str, int] = defaultdict(int)
-    for g, p in zip(data.groups, is_pos, strict=True):
-        patient_pos[g] |= int(p)
-    patients = sorted(patient_pos)
-    out["case_auc"] = {}
-    for method, s in scores.items():
-        best: dict[str, float] = defaultdict(lambda: -1.0)
-        for g, v in zip(data.groups, s, strict=True):
-            best[g] = max(best[g], float(v))
-        out["case_auc"][method] = float(
-            roc_auc_score([patient_pos[p] for p in patients], [best[p] for p in patients])
-        )
-    out["n_films"], out["n_patients"] = len(data.y), len(patients)
-    return out
+    return {
+        "film_auc": auc_of(evaluation),
+        "case_auc": {r.method: r.auc for r in evaluation.cases},
+        "n_films": evaluation.n,
+        "n_cases": evaluation.cases[0].n,
+    }
 
 
 def region_precision(pc, k: int = 5) -> dict:

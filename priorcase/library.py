@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from priorcase.classifiers.labelled import LabelledSet, labelled_set, prompts_fo
 from priorcase.classifiers.text_spaces import FoldSpaces, TextSpaces
 from priorcase.core import Core
 from priorcase.errors import PriorcaseError, QueryError
-from priorcase.index.artifacts import BoundedCache, atomic_write, content_digest, load_or_build
+from priorcase.index.artifacts import BoundedCache, content_digest, load_or_build
+from priorcase.index.location import LibraryFile
 from priorcase.records import SearchHit
 from priorcase.retrieval.reference import OK, LibraryReference, Reference
 from priorcase.retrieval.search import check_k
@@ -368,20 +370,18 @@ class LibraryClassifiers:
         return result
 
     # ------------------------------------------------------------------ evaluated figures
-    def _figures_path(self, label: str, kind: str) -> Path:
+    def _figures_path(self, label: str, kind: str) -> LibraryFile:
         """Named by the content of the rows evaluated (not the version number, which LanceDB
         restarts when a table is recreated)."""
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
         digest = self.core.store.snapshot(kind).digest[:16]
-        return self.core.store.db_dir / "evaluation" / f"{kind}-{safe}-{digest}.json"
+        return self.core.store.location.file("evaluation", f"{kind}-{safe}-{digest}.json")
 
     def evaluated(self, label: str, kind: str = "image") -> dict[str, dict[str, Any]]:
         """Cross-validated {auc, accuracy, n} per method on this table version, if computed."""
-        path = self._figures_path(label, kind)
-        if not path.exists():
-            return {}
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            data = self._figures_path(label, kind).read_bytes()
+            return {} if data is None else json.loads(data.decode("utf-8"))
         except (OSError, ValueError):
             return {}
 
@@ -399,13 +399,11 @@ class LibraryClassifiers:
             )
             for r in evaluation.results:
                 figures[r.method] = {"auc": r.auc, "accuracy": r.accuracy, "n": r.n}
-            path = self._figures_path(label, kind)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            for old in path.parent.glob(f"{kind}-*.json"):
-                if old != path:
-                    old.unlink(missing_ok=True)
-            text = json.dumps(figures)
-            atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            file = self._figures_path(label, kind)
+            for old in file.siblings():
+                if fnmatch(old.name, f"{kind}-*.json"):
+                    old.delete()
+            file.write_bytes(json.dumps(figures).encode("utf-8"))
         return figures
 
     def _load_or_fit(
@@ -425,7 +423,7 @@ class LibraryClassifiers:
         )
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in data.label)
         prefix = f"{kind}-{safe}-{method}-"
-        path = self.core.store.db_dir / "classifiers" / f"{prefix}{digest[:32]}.joblib"
+        file = self.core.store.location.file("classifiers", f"{prefix}{digest[:32]}.joblib")
 
         def load(p: Path) -> Any:
             saved = joblib.load(p)
@@ -438,7 +436,7 @@ class LibraryClassifiers:
             joblib.dump(payload, tmp)
 
         return load_or_build(
-            path,
+            file,
             load,
             lambda: self._fit(method, data.label, kind, data, knn, alpha),
             save,

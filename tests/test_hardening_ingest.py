@@ -37,6 +37,7 @@ import priorcase
 from priorcase.cli import main
 from priorcase.errors import LabelsError, SaltMismatchError
 from priorcase.index.manifest import MANIFEST_NAME
+from priorcase.index.store import OPTIMIZE_AT_FRAGMENTS
 from priorcase.ingest.pseudonym import KEY_FILE_ENV, SALT_ENV, SALT_FILE, Pseudonymizer
 
 FAST = {"workers": 0, "progress": False}
@@ -559,12 +560,17 @@ def test_full_disk_gives_one_line_and_a_summary(tmp_path: Path, tiny_clip, tiny_
     assert stored.num_rows == report.stored_images
 
 
-def test_a_large_ingest_is_compacted(tmp_path: Path, tiny_clip) -> None:
-    write_pngs(tmp_path / "data", 24, size=32)
+def test_many_small_ingests_are_compacted(tmp_path: Path, tiny_clip) -> None:
+    files = write_pngs(tmp_path / "data", OPTIMIZE_AT_FRAGMENTS + 2, size=32)
     db = tmp_path / "db"
-    report = priorcase.open(db, encoder=tiny_clip).ingest(tmp_path / "data", batch_size=1, **FAST)
-    assert report.stored_images == 24
-    assert any("compacted" in n for n in report.notes), report.summary()
+    pc = priorcase.open(db, encoder=tiny_clip)
+    compacted_at = []
+    for n, path in enumerate(files, start=1):  # one commit, so one fragment, per ingest
+        report = pc.ingest([path], **FAST)
+        assert report.stored_images == 1, report.summary()
+        if any("compacted" in note for note in report.notes):
+            compacted_at.append(n)
+    assert compacted_at == [OPTIMIZE_AT_FRAGMENTS]
     stats = lancedb.connect(str(db)).open_table("cases").stats()
-    assert stats["fragment_stats"]["num_fragments"] == 1
-    assert stats["num_rows"] == 24
+    assert stats["fragment_stats"]["num_fragments"] == 3  # one compacted, two added since
+    assert stats["num_rows"] == len(files)

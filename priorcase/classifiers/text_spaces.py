@@ -61,9 +61,8 @@ class TextSpaces:
             key = content_digest(
                 vectors, "\n".join(reports), encoder.weights_hash(), sorted(blank._config().items())
             )
-            path = store.db_dir / f"{ALIGNER_PREFIX}{key[:32]}.pt"
             aligner = load_or_build(
-                path,
+                store.location.file(f"{ALIGNER_PREFIX}{key[:32]}.pt"),
                 lambda p: ContrastiveAligner.load(p, encoder.embed_texts),
                 lambda: self._fit_aligner(encoder, vectors, reports),
                 lambda a, tmp: a.save(tmp),

@@ -54,6 +54,12 @@ class TileData:
                 lesions.setdefault(parent, []).append(np.asarray(vector, np.float32))
         return cls(tiles, {k: np.stack(v) for k, v in lesions.items()})
 
+    def mean_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Per film the L2-normalised mean of its tile vectors (a texture summary of the
+        whole breast at lesion scale; used by ``--method tilemean``)."""
+        self.require(ids)
+        return l2_mean([self.tiles[str(i)][0] for i in ids])
+
     def require(self, ids: np.ndarray) -> None:
         missing = [str(i) for i in ids if str(i) not in self.tiles]
         if missing:
@@ -61,6 +67,12 @@ class TileData:
                 f"{len(missing)} films have no tiles (e.g. {missing[0]}): ingest with "
                 "--modality MG or --tile-sizes to score films from tiles"
             )
+
+
+def l2_mean(tile_vectors: list[np.ndarray]) -> np.ndarray:
+    """(n, dim): each film's tile vectors averaged, then L2-normalised."""
+    means = np.stack([np.asarray(v, np.float32).mean(0) for v in tile_vectors])
+    return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
 
 def _pool(probs: np.ndarray, pooling: str, m: int) -> float:
@@ -145,6 +157,11 @@ class TileMILClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
+    def film_tiles(self, film: str) -> tuple[np.ndarray, np.ndarray]:
+        """(lesion probability, source box) of each of a stored film's tiles."""
+        check_is_fitted(self, "head_")
+        return self._tile_probs(film), self.data.tiles[film][1]
+
     def tile_probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """Lesion probability of tile vectors (e.g. a new film's tiles)."""
         check_is_fitted(self, "head_")
@@ -162,28 +179,6 @@ class TileMILClassifier(ClassifierMixin, BaseEstimator):
         best = int(np.argmax(probs))
         _, boxes, ids = self.data.tiles[film]
         return str(ids[best]), tuple(int(v) for v in boxes[best]), float(probs[best])
-
-
-def contralateral_features(
-    film_ids: np.ndarray, patients: np.ndarray, laterality: np.ndarray, score: dict[str, float]
-) -> np.ndarray:
-    """Per film: (own score, other breast's score, own minus other); other = own when the
-    patient has one film. Left and right views face the same way after the breast flip, so
-    their tiles' scores compare like for like."""
-    by_patient: dict[str, list[int]] = {}
-    for n, p in enumerate(patients):
-        by_patient.setdefault(str(p), []).append(n)
-    out = np.zeros((len(film_ids), 3))
-    for n, film in enumerate(film_ids):
-        own = score[str(film)]
-        others = [
-            score[str(film_ids[j])]
-            for j in by_patient[str(patients[n])]
-            if j != n and laterality[j] != laterality[n]
-        ]
-        other = float(np.mean(others)) if others else own
-        out[n] = (own, other, own - other)
-    return out
 
 
 def positive_values(values: dict[str, str | None], data: TileData) -> tuple[str, ...]:

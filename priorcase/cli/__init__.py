@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from priorcase.cli import bench, classify, ingest, search, serve
 from priorcase.errors import PriorcaseError
+from priorcase.index.location import redact
 from priorcase.index.vector_index import BACKENDS
 from priorcase.retrieval.scaled import SCALE_BACKENDS
 
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except PriorcaseError as err:
-        print(f"priorcase: error: {err}", file=sys.stderr)
+        print(f"priorcase: error: {redact(str(err))}", file=sys.stderr)  # no credential
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,7 +8,7 @@ import argparse
 def cmd_bench(args: argparse.Namespace) -> int:
     from priorcase.bench.run import run_bench
 
-    return run_bench(args.quick, args.json, args.sizes, args.write_thresholds)
+    return run_bench(args.quick, args.json, args.sizes, args.write_thresholds, args.only)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -21,5 +21,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--write-thresholds",
         action="store_true",
         help="save the thresholds auto uses, derived from this run (priorcase/index)",
+    )
+    p.add_argument(
+        "--only",
+        choices=["storage"],
+        help="one figure alone: storage (query latency from an S3-compatible server vs disk)",
     )
     p.set_defaults(func=cmd_bench, db=None)

@@ -123,9 +123,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.queries:
         if args.labels is None:
             raise SystemExit("priorcase eval: --queries needs --labels CSV")
+        if args.case_fusion:
+            raise SystemExit("priorcase eval: --case-fusion is cross-validated (drop --queries)")
         evaluation = holdout(pc, args.queries, args.labels, **common)
     else:
-        evaluation = cross_validate(pc, n_splits=args.cv, by=args.by, **common)
+        evaluation = cross_validate(
+            pc, n_splits=args.cv, by=args.by, case_fusion=args.case_fusion, **common
+        )
     evaluation.meta["command"] = command_line()
     if args.report:
         tables = {f"operating points: {m}": rows for m, rows in evaluation.thresholds.items()}
@@ -157,6 +161,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"probabilities calibrated on training folds only (grouped); coverage and set size of "
         f"conformal sets at alpha={meta['alpha']}"
     )
+    if evaluation.cases:
+        print(
+            f"\ncase level ({evaluation.cases[0].n} cases = {meta['group_column']}; a case "
+            "is positive when any film is; score = max over its films' out-of-fold scores):"
+        )
+        print(format_table(evaluation.cases))
     for method, rows in evaluation.thresholds.items():
         print(
             f"\noperating points, {method} (positive = {rows[0]['positive']}; thresholds chosen "
@@ -226,6 +236,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", type=Path, help="folder of query images (holdout mode)")
     p.add_argument("--labels", type=Path, help="labels CSV of the query images")
     p.add_argument("--by", action="append", default=[], help="subgroup column (repeatable)")
+    p.add_argument(
+        "--case-fusion",
+        action="store_true",
+        help="also fuse each film with the same patient's other breast (<method>+contralateral: "
+        "own score, the other side's, their difference, mirrored tile differences) and score "
+        "every method per case (patient: positive when any film is)",
+    )
     _add_knn_arguments(p)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for AUC CI")
     p.add_argument("--report", type=Path, help="write an HTML report with ROC and confusion plots")

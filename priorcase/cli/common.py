@@ -25,7 +25,11 @@ def open_library(args: argparse.Namespace):
 
 
 def with_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, help="index directory (LanceDB)")
+    p.add_argument(
+        "--db",
+        required=True,
+        help="index directory (LanceDB), or object storage: s3://bucket/prefix, gs://, az://",
+    )
 
 
 def command_line() -> str:

@@ -11,6 +11,10 @@ from priorcase.errors import PriorcaseError
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    if args.engine == "ray":  # refuse a missing Ray before loading the encoder
+        from priorcase.ingest.ray_engine import import_ray
+
+        import_ray()
     pc = open_library(args)
     report = pc.ingest(
         args.sources,
@@ -29,6 +33,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         tile_sizes=args.tile_sizes,
         tile_overlap=args.tile_overlap,
         clahe=args.clahe,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        num_gpus_per_worker=args.num_gpus_per_worker,
     )
     print(report.summary())
     if report.stopped:
@@ -72,6 +79,26 @@ def add_region_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clahe", action="store_true", help="CLAHE on the breast before embedding")
 
 
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """Where ingest runs: this process, or a Ray cluster (``priorcase[ray]``)."""
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: decode on Ray CPU tasks, embed on an actor pool, one model per worker "
+        "(--workers: embedding workers, default one per GPU share or half the CPUs)",
+    )
+    p.add_argument(
+        "--ray-address", help="Ray cluster to join, e.g. ray://head:10001 (default: start one)"
+    )
+    p.add_argument(
+        "--num-gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="GPUs each embedding worker takes with --engine ray (default 0: CPU)",
+    )
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ingest and delete."""
     p = sub.add_parser("ingest", help="embed and store images")
@@ -82,7 +109,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group", default="patient_id", help="grouping column (default patient_id)")
     p.add_argument("--encoder", help="encoder spec, e.g. bundled or openclip:ViT-B-32/openai")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, help="DataLoader workers (default: CPUs - 2, at most 4)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="DataLoader workers (default: CPUs - 2, at most 4); "
+        "with --engine ray: embedding workers",
+    )
     p.add_argument(
         "--normal-rois",
         type=int,
@@ -101,6 +133,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_region_arguments(p)
+    add_engine_arguments(p)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("delete", help="erase cases, their ROIs and derived files")

@@ -14,8 +14,9 @@ from priorcase.classifiers.binarize import binarize_labels
 from priorcase.classifiers.calibration import GroupCalibrated
 from priorcase.classifiers.labelled import LabelledSet, labelled_set
 from priorcase.classifiers.text_spaces import FoldSpaces
-from priorcase.classifiers.tiles import TileData, TileMILClassifier
+from priorcase.classifiers.tiles import TileData, TileMILClassifier, l2_mean
 from priorcase.errors import PriorcaseError, QueryError
+from priorcase.evaluation.cases import FUSABLE, FUSED, case_result, fused_classifier, layout_for
 from priorcase.evaluation.metrics import (
     MethodResult,
     RetrievalMetrics,
@@ -37,6 +38,7 @@ from priorcase.library import (
     LibraryClassifiers,
     build_classifier,
 )
+from priorcase.retrieval.regions import query_tiles
 
 if TYPE_CHECKING:
     from priorcase.api import PriorCase
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 
 SPACE_METHODS = (*TEXT_METHODS, "ensemble")
 TILES = "tiles"  # film scores pooled from tiles (priorcase.classifiers.tiles); X = film ids
+TILE_MEAN = "tilemean"  # a logistic head on the mean of each film's tile vectors
 
 
 @dataclass
@@ -60,25 +63,30 @@ class Evaluation:
     thresholds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     subgroups: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    cases: list[MethodResult] = field(default_factory=list)  # --case-fusion: per patient
 
     def to_json(self) -> dict[str, Any]:
-        methods = []
-        for r in self.results:
-            entry = r.to_dict()
-            entry.pop("roc", None)
-            entry["precision_at_k"] = {
-                key.removeprefix("P@"): value for key, value in r.precision_at_k.items()
-            }
-            methods.append(entry)
+        def entries(results: list[MethodResult]) -> list[dict[str, Any]]:
+            out = []
+            for r in results:
+                entry = r.to_dict()
+                entry.pop("roc", None)
+                entry["precision_at_k"] = {
+                    key.removeprefix("P@"): value for key, value in r.precision_at_k.items()
+                }
+                out.append(entry)
+            return out
+
         return {
             "label": self.label,
             "mode": self.mode,
             "n": self.n,
             "kind": self.kind,
-            "methods": methods,
+            "methods": entries(self.results),
             "thresholds": self.thresholds,
             "subgroups": self.subgroups,
             "meta": self.meta,
+            **({"cases": entries(self.cases)} if self.cases else {}),
         }
 
 
@@ -86,10 +94,11 @@ def resolve_methods(method: str) -> list[str]:
     if method == "all":
         return list(METHODS)
     chosen = [m.strip() for m in method.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in (*METHODS, TILES)]
+    unknown = [m for m in chosen if m not in (*METHODS, TILES, TILE_MEAN)]
     if unknown:
         raise QueryError(
-            f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}, {TILES}, all"
+            f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}, {TILES}, "
+            f"{TILE_MEAN}, all"
         )
     return chosen
 
@@ -192,11 +201,13 @@ def cross_validate(
     progress: bool = True,
     alpha: float = DEFAULT_ALPHA,
     nuisance: bool | None = None,
+    case_fusion: bool = False,
 ) -> Evaluation:
     """Out-of-fold results for each method (calibrated, with conformal sets and nested operating
     points). Folds are grouped by a salt-free digest of each patient's files (see
     :func:`grouped_folds`). ``nuisance`` (default: for ROI rows) adds the geometry-only
-    baseline."""
+    baseline. ``case_fusion`` adds each film method fused with the patient's other breast
+    (``<method>+contralateral``) and scores every method per case (patient)."""
     data = labelled_set(pc.core.store, label, kind, where, positive)
     if len(set(data.y.tolist())) < 2:
         raise QueryError(f"column {label!r} has a single class among the selected rows")
@@ -210,21 +221,30 @@ def cross_validate(
     classes = np.unique(data.y)
     pos, how = positive_class(data, classes)
     evaluation.meta["positive"], evaluation.meta["positive_chosen_by"] = pos, how
-    tile_data = _tile_data(pc, kind) if TILES in methods else None
+    tile_data = _tile_data(pc, kind, data, TILES in methods) if _uses_tiles(methods) else None
     runs: list[tuple[str, Any, np.ndarray | None]] = [(m, None, data.X) for m in methods]
     if nuisance if nuisance is not None else kind == "roi":
         runs.append(("nuisance", GroupCalibrated(NuisanceHead(), alpha=alpha), None))
+    layout = layout_for(pc.core.store, data, pos, kind) if case_fusion else None
+    if layout is not None:
+        runs += [(m + FUSED, None, data.ids) for m in methods if m in FUSABLE]
     for method, fixed, X in runs:
         if X is None:
             X = nuisance_features(pc.core.store, data.ids)
         if method == TILES:
             X = data.ids  # the tile head looks its films' tiles up by id
+        if method == TILE_MEAN:
+            X = tile_data.mean_vectors(data.ids)
 
         def make(train_idx: np.ndarray, method: str = method, fixed: Any = fixed) -> Any:
             if fixed is not None:
                 return clone(fixed)
+            if method.endswith(FUSED):
+                return fused_classifier(method.removesuffix(FUSED), layout, data, tile_data, knn)
             if method == TILES:
                 return TileMILClassifier(tile_data)
+            if method == TILE_MEAN:
+                return build_classifier("logreg", data, None, knn, alpha=alpha)
             space = spaces.for_rows(train_idx) if method in SPACE_METHODS else None
             return build_classifier(
                 method, data, space, knn, alpha=alpha, space_for=spaces.for_rows, rows=train_idx
@@ -252,6 +272,8 @@ def cross_validate(
         if thresholds:
             evaluation.thresholds[method] = thresholds
         _subgroups(evaluation, method, data, proba, classes_, subgroups, pos)
+        if layout is not None and pos is not None:
+            evaluation.cases.append(case_result(method, data, groups, proba, classes_, pos, n_boot))
     return evaluation
 
 
@@ -274,19 +296,26 @@ def holdout(
     from priorcase.ingest.labels import read_labels
     from priorcase.ingest.readers import iter_image_files
 
-    if TILES in methods:
-        raise QueryError("--method tiles is evaluated by cross-validation (drop --queries)")
     library = labelled_set(pc.core.store, label, kind, where, positive)
+    tile_data = _tile_data(pc, kind, library, TILES in methods) if _uses_tiles(methods) else None
     table = read_labels(labels_csv)
     if label not in table.columns:
         raise QueryError(f"{labels_csv} has no column {label!r}")
     vectors, targets, groups, failures = [], [], [], []
+    query_tile_vectors: list[np.ndarray] = []  # each query film cut into the index's tiles
     for path in iter_image_files([queries]):
         row = table.lookup(path)
         if row is None or row.labels.get(label) is None:
             continue
         try:
-            vectors.append(pc.embed(pc.read(path)))
+            loaded = pc.read(path)
+            vector = pc.embed(loaded)
+            if tile_data is not None:
+                cut = query_tiles(pc.core, loaded)[1]
+                if not len(cut):  # skipped for every method: all are scored on the same films
+                    raise QueryError(f"{path}: no tile of the index's sizes fits in the breast")
+                query_tile_vectors.append(cut)
+            vectors.append(vector)
         except PriorcaseError as err:
             failures.append(str(err))
             continue
@@ -316,15 +345,27 @@ def holdout(
     retrieval = _holdout_retrieval(library, test)
     lib_groups = library.fold_groups
     for method in methods:
-        model = build_classifier(
-            method,
-            library,
-            space,
-            knn,
-            alpha=alpha,
-            space_for=FoldSpaces(pc.spaces, library).for_rows,
-        )
-        proba, classes_ = holdout_proba(model, library.X, library.y, lib_groups, test.X)
+        if method == TILES:
+            assert tile_data is not None
+            model, proba, classes_ = _holdout_tiles(tile_data, library, query_tile_vectors)
+        elif method == TILE_MEAN:
+            assert tile_data is not None
+            films = library.subset(np.flatnonzero([str(i) in tile_data.tiles for i in library.ids]))
+            model = build_classifier("logreg", films, None, knn, alpha=alpha)
+            X_lib = tile_data.mean_vectors(films.ids)
+            proba, classes_ = holdout_proba(
+                model, X_lib, films.y, films.fold_groups, l2_mean(query_tile_vectors)
+            )
+        else:
+            model = build_classifier(
+                method,
+                library,
+                space,
+                knn,
+                alpha=alpha,
+                space_for=FoldSpaces(pc.spaces, library).for_rows,
+            )
+            proba, classes_ = holdout_proba(model, library.X, library.y, lib_groups, test.X)
         recorder = _FoldRecorder(len(test.y), classes_, test.y, pos, y_train=library.y)
         recorder(model, np.arange(len(library.y)), np.arange(len(test.y)), proba)
         result = evaluate_probabilities(
@@ -336,9 +377,9 @@ def holdout(
             n_boot=n_boot,
             positive=pos,
             retrieval=retrieval,
-            sets=recorder.sets,
+            sets=recorder.sets if recorder.has_sets else None,
             alpha=alpha,
-            calibrated=bool(model.calibrated_),
+            calibrated=bool(getattr(model, "calibrated_", False)),
         )
         evaluation.results.append(result)
         thresholds = recorder.thresholds()
@@ -347,10 +388,38 @@ def holdout(
     return evaluation
 
 
-def _tile_data(pc: Library, kind: str) -> TileData:
+def _uses_tiles(methods: list[str]) -> bool:
+    return TILES in methods or TILE_MEAN in methods
+
+
+def _tile_data(pc: Library, kind: str, data: LabelledSet, binary: bool) -> TileData:
     if kind != "image":
-        raise QueryError("--method tiles scores whole films: use --kind image")
+        raise QueryError("--method tiles / tilemean score whole films: use --kind image")
+    if binary and len(set(data.y.tolist())) != 2:
+        raise QueryError("--method tiles scores a binary label: give --positive")
     return TileData.from_library(pc.core)
+
+
+def _holdout_tiles(
+    tiles: TileData, library: LabelledSet, query_tiles: list[np.ndarray]
+) -> tuple[TileMILClassifier, np.ndarray, np.ndarray]:
+    """The tile head fitted on the library's films with tiles, scoring each query film's
+    tiles (cut as the library's were): (model, proba, classes)."""
+    films = library.subset(np.flatnonzero([str(i) in tiles.tiles for i in library.ids]))
+    prefix = "query:"
+    while any(str(k).startswith(prefix) for k in tiles.tiles):  # never a stored film's id
+        prefix = "_" + prefix
+    names = [f"{prefix}{n}" for n in range(len(query_tiles))]
+    extra = {}
+    for name, vectors in zip(names, query_tiles, strict=True):
+        ids = np.array([f"{name}-tile{k}" for k in range(len(vectors))], dtype=object)
+        extra[name] = (vectors, np.zeros((len(vectors), 4), int), ids)
+    data = TileData({**tiles.tiles, **extra}, tiles.lesions)
+    model = TileMILClassifier(data)
+    proba, classes = holdout_proba(
+        model, films.ids, films.y, films.fold_groups, np.asarray(names, dtype=object)
+    )
+    return model, proba, classes
 
 
 def _holdout_retrieval(library: LabelledSet, test: LabelledSet, ks=(1, 5, 10)) -> RetrievalMetrics:

@@ -15,11 +15,13 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, TypeVar
 
 import numpy as np
 from filelock import FileLock
+
+from priorcase.index.location import LibraryFile, LibraryLocation
 
 T = TypeVar("T")
 
@@ -84,36 +86,41 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def load_or_build(
-    path: Path,
+    file: Path | LibraryFile,
     load: Callable[[Path], T],
     build: Callable[[], T],
     save: Callable[[T, Path], None],
     notify: Callable[[str], None] = print,
-    stale: Callable[[Path], bool] | None = None,
+    stale: Callable[[PurePath], bool] | None = None,
 ) -> T:
-    """The artefact at ``path``, built (once, under the lock) when absent or unreadable.
+    """The artefact at ``file``, built (once, under the lock) when absent or unreadable.
 
     A file that fails to load (0 bytes, truncated, corrupt) is rebuilt with a one-line
     notice. A build that cannot be written (full disk) is still returned, so the caller's
     request succeeds; the next use tries the write again. ``stale`` picks older files of the
-    same artefact (other digests) to delete once the new one is written.
+    same artefact (other digests) to delete once the new one is written. A file of a library
+    on object storage is loaded from its local cached copy (downloaded once) and uploaded
+    when built; the lock then covers this machine only (see docs/DEPLOY.md).
     """
+    if isinstance(file, Path):
+        file = LibraryLocation.parse(file.parent).file(file.name)
+    path = file.local
     with locked(path):
-        if path.exists():
+        if file.fetch():
             try:
                 return load(path)
             except Exception as err:  # torch/joblib/faiss raise many types for a bad file
                 notify(f"{path.name} is unusable ({_first_line(err)}); rebuilding it")
         built = build()
         try:
-            atomic_write(path, lambda tmp: save(built, tmp))
+            file.save(lambda tmp: save(built, tmp))
         except OSError as err:
             notify(f"could not save {path.name} ({_first_line(err)}); it will be rebuilt next time")
             return built
         if stale is not None:
-            for old in path.parent.iterdir():
-                if old != path and stale(old):
-                    old.unlink(missing_ok=True)
+            for old in file.siblings():
+                if stale(PurePosixPath(old.name)):
+                    old.delete()
         return built
 
 

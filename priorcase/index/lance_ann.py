@@ -23,6 +23,7 @@ from priorcase.index.faiss_budget import (
     TUNE_QUERIES,
     default_budget_mb,
 )
+from priorcase.index.location import LibraryFile, LibraryLocation
 
 VECTOR = "vector"
 # Below this many rows a flat scan is exact and fast enough; no vector index is built.
@@ -109,7 +110,9 @@ def _quote(value: str) -> str:
 class LanceAnn:
     """Vector search through one table's LanceDB indexes."""
 
-    def __init__(self, table: lancedb.table.Table, settings_dir: Path | None = None) -> None:
+    def __init__(
+        self, table: lancedb.table.Table, settings_dir: Path | LibraryLocation | None = None
+    ) -> None:
         self.table = table
         self.settings_dir = settings_dir
         self.plan = self._load_plan()
@@ -126,9 +129,10 @@ class LanceAnn:
         uuid = self.vector_index_uuid()
         if not uuid:
             return LancePlan("none", self.table.count_rows())
-        path = self._settings_path()
-        if path is not None and path.exists():
-            saved = LancePlan(**json.loads(path.read_text()))
+        settings = self._settings_file()
+        data = None if settings is None else settings.read_bytes()
+        if data is not None:
+            saved = LancePlan(**json.loads(data))
             if saved.index_uuid == uuid:
                 return saved
         stats = self.table.index_stats(f"{VECTOR}_idx")
@@ -136,8 +140,11 @@ class LanceAnn:
         # an index built elsewhere: safe untuned defaults
         return LancePlan(index_type, self.table.count_rows(), nprobes=32, refine_factor=10, ef=256)
 
-    def _settings_path(self) -> Path | None:
-        return None if self.settings_dir is None else self.settings_dir / SETTINGS_FILE
+    def _settings_file(self) -> LibraryFile | None:
+        """The tuned plan, beside the table (a folder or object storage)."""
+        if self.settings_dir is None:
+            return None
+        return LibraryLocation.parse(self.settings_dir).file(SETTINGS_FILE)
 
     def ensure_scalar_indexes(self, columns: dict[str, str]) -> None:
         """BTREE / BITMAP indexes (``column -> kind``) on the filter columns the table has;
@@ -194,13 +201,9 @@ class LanceAnn:
         self.table.optimize()
 
     def _save_plan(self) -> None:
-        path = self._settings_path()
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self.plan)))
-        tmp.replace(path)
+        settings = self._settings_file()
+        if settings is not None:
+            settings.write_bytes(json.dumps(asdict(self.plan)).encode(), mode=0o644)
 
     def _tune(self, target_recall: float, seed: int) -> None:
         """Cheapest query setting whose recall@10 on held-out rows of the table meets target."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,11 +12,13 @@ import numpy as np
 from filelock import FileLock
 
 from priorcase.errors import EncoderMismatchError, PriorcaseError, SaltMismatchError, StorageError
-from priorcase.index.artifacts import atomic_write
+from priorcase.index.location import LibraryLocation, redact
 
 MANIFEST_NAME = "priorcase-manifest.json"
 LOCK_NAME = ".priorcase-manifest.lock"
 FORMAT_VERSION = 1
+REMOTE_COMMIT_TRIES = 5
+REMOTE_SETTLE_S = 0.2  # a concurrent writer's PUT lands within this, in practice
 
 
 @dataclass
@@ -92,59 +94,82 @@ class Manifest:
         Columns are unioned (a concurrent ingest's columns are kept), the encoder, group
         column and salt must agree; ``self`` becomes the merged manifest.
         """
-        db_dir = Path(db_dir)
+        location = LibraryLocation.parse(db_dir)
+        if location.is_remote:
+            self._commit_remote(location)
+            return
+        db_dir = location.path
         try:
             lock = FileLock(db_dir / LOCK_NAME, timeout=120)
             lock.acquire()
         except OSError as err:  # read-only folder, full disk, or held too long (Timeout)
             raise StorageError(f"{db_dir}: cannot lock the manifest: {err}") from err
         try:
-            disk = Manifest.load(db_dir)
-            if disk is not None:
-                disk.check_encoder(self.encoder, db_dir)
-                if disk.group_column != self.group_column:
-                    raise PriorcaseError(
-                        f"index {db_dir} groups by {disk.group_column!r}; "
-                        f"cannot ingest with --group {self.group_column!r}"
-                    )
-                if self.salt_fingerprint is not None:
-                    disk.check_salt(self.salt_fingerprint, db_dir)
-                labels = _union(disk.label_columns, self.label_columns)
-                self.metadata_columns = [
-                    c
-                    for c in _union(disk.metadata_columns, self.metadata_columns)
-                    if c not in labels
-                ]
-                self.label_columns = labels
-                self.created = disk.created
-                self.salt_fingerprint = disk.salt_fingerprint or self.salt_fingerprint
+            self._merge(db_dir)
             self.save(db_dir)
         finally:
             lock.release()
 
-    def save(self, db_dir: Path) -> None:
-        """Write atomically (a private temporary file, synced, then renamed), so a crash or a
-        full disk never leaves half a manifest nor a stray temporary file."""
+    def _commit_remote(self, location: LibraryLocation) -> None:
+        """Object storage has no lock: merge, write, read back, and merge again while a
+        concurrent writer's manifest replaced ours (see docs/DEPLOY.md for the limit)."""
+        for _ in range(REMOTE_COMMIT_TRIES):
+            self._merge(location)
+            self.save(location)
+            time.sleep(REMOTE_SETTLE_S)
+            disk = Manifest.load(location)
+            if disk is not None and self._kept_by(disk):
+                return
+        raise StorageError(
+            f"{location}: the manifest kept changing under concurrent writers; run again"
+        )
+
+    def _kept_by(self, disk: Manifest) -> bool:
+        return set(self.label_columns) <= set(disk.label_columns) and set(
+            self.metadata_columns
+        ) <= set(disk.metadata_columns + disk.label_columns)
+
+    def _merge(self, db_dir: Path | LibraryLocation) -> None:
+        """Union ``self`` with the stored manifest (the encoder, group and salt must agree)."""
+        disk = Manifest.load(db_dir)
+        if disk is not None:
+            disk.check_encoder(self.encoder, db_dir)
+            if disk.group_column != self.group_column:
+                raise PriorcaseError(
+                    f"index {db_dir} groups by {disk.group_column!r}; "
+                    f"cannot ingest with --group {self.group_column!r}"
+                )
+            if self.salt_fingerprint is not None:
+                disk.check_salt(self.salt_fingerprint, db_dir)
+            labels = _union(disk.label_columns, self.label_columns)
+            self.metadata_columns = [
+                c for c in _union(disk.metadata_columns, self.metadata_columns) if c not in labels
+            ]
+            self.label_columns = labels
+            self.created = disk.created
+            self.salt_fingerprint = disk.salt_fingerprint or self.salt_fingerprint
+
+    def save(self, db_dir: Path | LibraryLocation) -> None:
+        """Write atomically (a private temporary file, synced, then renamed; one PUT on object
+        storage), so a crash or a full disk never leaves half a manifest nor a stray temporary
+        file."""
         self.updated = _now()
         text = json.dumps(asdict(self), indent=2, sort_keys=True)
-
-        def write(tmp: Path) -> None:
-            tmp.write_text(text)
-            os.chmod(tmp, 0o644)  # no secret inside: readable like the table
-
+        location = LibraryLocation.parse(db_dir)
         try:
-            atomic_write(db_dir / MANIFEST_NAME, write)
+            # no secret inside: readable like the table
+            location.file(MANIFEST_NAME).write_bytes(text.encode(), mode=0o644)
         except OSError as err:
             raise StorageError(
-                f"{db_dir}: cannot write the manifest: {err.strerror or err}"
+                f"{db_dir}: cannot write the manifest: {err.strerror or redact(str(err))}"
             ) from err
 
     @classmethod
-    def load(cls, db_dir: Path) -> Manifest | None:
-        path = db_dir / MANIFEST_NAME
-        if not path.exists():
+    def load(cls, db_dir: Path | LibraryLocation) -> Manifest | None:
+        data = LibraryLocation.parse(db_dir).file(MANIFEST_NAME).read_bytes()
+        if data is None:
             return None
-        return cls(**json.loads(path.read_text()))
+        return cls(**json.loads(data))
 
 
 def _union(first: list[str], second: list[str]) -> list[str]:

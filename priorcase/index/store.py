@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import shutil
 import threading
 import time
 import warnings
@@ -19,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from priorcase.errors import QueryError, StorageError
+from priorcase.index.location import LibraryLocation
 from priorcase.index.manifest import Manifest
 from priorcase.index.previews import Previews
 from priorcase.records import CaseRecord, SearchHit
@@ -29,7 +29,7 @@ TABLE_NAME = "cases"
 DERIVED_DIRS = ("classifiers", "faiss")
 DERIVED_GLOBS = ("text-aligner-*.pt", "text-aligner-*.pt.lock")
 # Compact after an ingest that made at least this many commits.
-OPTIMIZE_AFTER_COMMITS = 20
+OPTIMIZE_AT_FRAGMENTS = 20  # small fragments from many commits slow every scan
 _RETRIES = 8
 _T = TypeVar("_T")
 # "path" stays reserved: old libraries stored source paths there; new rows never do.
@@ -95,15 +95,21 @@ def field_name(column: str) -> str:
 class CaseStore:
     """A LanceDB database directory holding the ``cases`` table and the manifest."""
 
-    def __init__(self, db_dir: str | Path) -> None:
-        self.db_dir = Path(db_dir)
-        self.db_dir.mkdir(parents=True, exist_ok=True)
-        self._db = lancedb.connect(str(self.db_dir))
-        self.manifest = Manifest.load(self.db_dir)
+    def __init__(self, db_dir: str | Path | LibraryLocation) -> None:
+        # a folder, or an object-storage prefix (s3://bucket/prefix): see index/location.py
+        self.location = LibraryLocation.parse(db_dir)
+        self.location.prepare()
+        self._db = self.location.connect()
+        self.manifest = Manifest.load(self.location)
         self._snapshots: dict[tuple[int, str | None], Snapshot] = {}
         self._lock = threading.Lock()
         self._table: lancedb.table.Table | None = None
         self._pinned: int | None = None  # answer from this earlier version (search --as-of)
+
+    @property
+    def db_dir(self) -> Path | LibraryLocation:
+        """The library's folder; on object storage its location (``str()`` is the URI)."""
+        return self.location if self.location.is_remote else self.location.path
 
     def pin_version(self, version: int) -> None:
         """Read table version ``version`` (read-only) instead of the latest."""
@@ -273,11 +279,7 @@ class CaseStore:
 
     def remove_derived(self) -> None:
         """Delete saved heads, aligners and FAISS caches: they are rebuilt from the table."""
-        for name in DERIVED_DIRS:
-            shutil.rmtree(self.db_dir / name, ignore_errors=True)
-        for pattern in DERIVED_GLOBS:
-            for path in self.db_dir.glob(pattern):
-                path.unlink(missing_ok=True)
+        self.location.remove(DERIVED_DIRS, DERIVED_GLOBS)
 
     def compact(self) -> None:
         """Merge small fragments and drop every old version, so deleted rows leave the disk."""
@@ -291,10 +293,14 @@ class CaseStore:
                 lambda: table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
             )
 
-    def maybe_optimize(self, commits: int) -> bool:
-        """Compact after a large ingest (old versions are kept: readers may still use them)."""
+    def maybe_optimize(self) -> bool:
+        """Compact once commits have left many fragments (old versions are kept: readers may
+        still use them)."""
         table = self.table
-        if table is None or commits < OPTIMIZE_AFTER_COMMITS:
+        if (
+            table is None
+            or table.stats()["fragment_stats"]["num_fragments"] < OPTIMIZE_AT_FRAGMENTS
+        ):
             return False
         with self._lock:
             self._retry(table.optimize)

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
+
+if TYPE_CHECKING:
+    from priorcase.index.location import LibraryFile
 
 # From this many vectors a GPU FAISS index pays for its transfer. On CPU, benchmarks/
 # bench_search.py measured NumPy's BLAS product faster than FAISS IndexFlatIP up to 300k rows
@@ -49,7 +53,7 @@ class VectorIndex:
         vectors: np.ndarray,
         backend: str = "auto",
         use_gpu: bool = False,
-        cache_path: Path | None = None,
+        cache_path: Path | LibraryFile | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown kNN backend {backend!r}; use {', '.join(BACKENDS)}")
@@ -85,7 +89,7 @@ def gpu_faiss_available() -> bool:
 
 
 def _load_or_build(
-    vectors: np.ndarray, hnsw: bool, use_gpu: bool, cache_path: Path | None
+    vectors: np.ndarray, hnsw: bool, use_gpu: bool, cache_path: Path | LibraryFile | None
 ) -> faiss.Index:
     """Reuse the FAISS index saved at ``cache_path`` (a name holding the vectors' digest), else
     build and save it atomically; a file that does not load or does not fit is rebuilt."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import os
+import threading
 import time
 import zlib
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -43,6 +46,7 @@ from priorcase.records import CaseRecord, Finding, IngestReport
 ROI_TYPE = "roi_type"  # label set on every ROI row: "lesion" or "normal"
 DEFAULT_NORMAL_RADIUS = 48  # when the findings give no radii to match
 MIN_NORMAL_RADIUS = 16
+COMPACT_EVERY_COMMITS = 20  # how often a long ingest checks its fragment count
 
 
 @dataclass
@@ -68,6 +72,11 @@ class IngestOptions:
     tile_sizes: tuple[int, ...] | None = None  # None: from the findings' radii (MG); (): none
     tile_overlap: float = 0.5
     clahe: bool = False
+    # "ray": decode on Ray CPU tasks and embed on an actor pool (priorcase.ingest.ray_engine);
+    # or an engine object (LocalEngine, RayEngine) configured by the caller
+    engine: Any = "local"
+    ray_address: str | None = None  # None: the running cluster, else a local one
+    num_gpus_per_worker: float = 0.0
 
 
 @dataclass
@@ -111,13 +120,18 @@ class _FileDataset(Dataset):
         return len(self.tasks)
 
     def __getitem__(self, index: int) -> dict:
-        task = self.tasks[index]
-        try:
-            return _load(task, self.preprocess, self.pseudonymize, self.views)
-        except ImageReadError as err:
-            return {"task": task, "error": str(err)}
-        except Exception as err:  # one bad file must never stop the batch
-            return {"task": task, "error": f"{task.path}: {type(err).__name__}: {err}"}
+        return load_item(self.tasks[index], self.preprocess, self.pseudonymize, self.views)
+
+
+def load_item(task: _Task, preprocess, pseudonymize: Pseudonymizer, views: _Views) -> dict:
+    """One file decoded and preprocessed (film, ROIs, tiles); a failure comes back as an
+    ``error`` line, never raised."""
+    try:
+        return _load(task, preprocess, pseudonymize, views)
+    except ImageReadError as err:
+        return {"task": task, "error": str(err)}
+    except Exception as err:  # one bad file must never stop the batch
+        return {"task": task, "error": f"{task.path}: {type(err).__name__}: {err}"}
 
 
 def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer, views: _Views) -> dict:
@@ -202,6 +216,21 @@ def ingest(
     """
     options = options or IngestOptions()
     started = time.perf_counter()
+    engine = _engine(options)  # a missing Ray is refused before anything is written
+    try:
+        return _ingest(store, encoder, sources, options, engine, started)
+    finally:
+        engine.close()
+
+
+def _ingest(
+    store: CaseStore,
+    encoder: Encoder,
+    sources: Iterable[str | Path],
+    options: IngestOptions,
+    engine: IngestEngine,
+    started: float,
+) -> IngestReport:
     report = IngestReport(encoder=encoder.spec)
     pseudonymize = Pseudonymizer.for_index(store.db_dir)
     manifest = _working_manifest(store, encoder.describe(), options, pseudonymize.fingerprint())
@@ -237,7 +266,8 @@ def ingest(
         report.notes.append("no image files found in " + ", ".join(str(s) for s in sources))
     if labels is not None:
         report.failures += labels.problems + labels.unmatched(files)
-    tasks, label_updates = _plan(store, manifest, files, labels, findings, options, report)
+    hashes = engine.hash_files(files, options)
+    tasks, label_updates = _plan(store, manifest, files, hashes, labels, findings, options, report)
     commits = 0
     try:
         if tasks or label_updates:
@@ -249,9 +279,11 @@ def ingest(
             report.updated += 1
             commits += 1
         if tasks:
-            commits += _embed_and_store(store, encoder, tasks, pseudonymize, options, report, views)
-        if store.maybe_optimize(commits):
-            report.notes.append(f"compacted the table after {commits} commits")
+            commits += engine.embed_and_store(
+                store, encoder, tasks, pseudonymize, options, report, views
+            )
+        if store.maybe_optimize():
+            report.notes.append(f"compacted the table ({commits} commits in this ingest)")
     except StorageError as err:
         report.stopped = str(err)
     unlabelled = sum(1 for t in tasks if labels is not None and not any(t.labels.values()))
@@ -259,6 +291,60 @@ def ingest(
         report.notes.append(f"{unlabelled} images have no row in {options.labels}")
     report.seconds = time.perf_counter() - started
     return report
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A file that could not be hashed, and the one-line reason."""
+
+    line: str
+
+
+def hash_file(path: Path) -> str | Unreadable:
+    """SHA-256 of a file's bytes (the content dedup key), or why it cannot be read."""
+    try:
+        check_regular_file(path)  # never open a FIFO: it would block
+        return file_sha256(path)
+    except ImageReadError as err:
+        return Unreadable(str(err))
+    except OSError as err:
+        return Unreadable(f"{path}: cannot read: {err.strerror or err}")
+
+
+class IngestEngine(Protocol):
+    """Where files are hashed, decoded and embedded; the plan and the writes stay in
+    :func:`ingest` (:class:`LocalEngine`, or ``priorcase.ingest.ray_engine.RayEngine``)."""
+
+    def hash_files(
+        self, files: list[Path], options: IngestOptions
+    ) -> dict[Path, str | Unreadable]: ...
+
+    def embed_and_store(
+        self,
+        store: CaseStore,
+        encoder: Encoder,
+        tasks: list[_Task],
+        pseudonymize: Pseudonymizer,
+        options: IngestOptions,
+        report: IngestReport,
+        views: _Views,
+    ) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _engine(options: IngestOptions) -> IngestEngine:
+    """Where files are decoded and embedded: this process, or a Ray cluster (imported only
+    when asked for)."""
+    if not isinstance(options.engine, str):
+        return options.engine
+    if options.engine == "local":
+        return LocalEngine()
+    if options.engine == "ray":
+        from priorcase.ingest.ray_engine import RayEngine
+
+        return RayEngine(options.ray_address, options.num_gpus_per_worker)
+    raise PriorcaseError(f"unknown ingest engine {options.engine!r}: use 'local' or 'ray'")
 
 
 def _working_manifest(
@@ -284,13 +370,14 @@ def _plan(
     store: CaseStore,
     manifest: Manifest,
     files: list[Path],
+    hashes: dict[Path, str | Unreadable],
     labels: LabelTable | None,
     findings: dict[str, list[Finding]],
     options: IngestOptions,
     report: IngestReport,
 ) -> tuple[list[_Task], list[tuple[str, dict[str, str | None], dict[str, str | None]]]]:
-    """Hash files and sort them into new, corrected (re-embedded, or labels updated in
-    place) and unchanged ones; refuse an id stored with other bytes."""
+    """Sort hashed files into new, corrected (re-embedded, or labels updated in place) and
+    unchanged ones; refuse an id stored with other bytes."""
     if options.normal_roi_radius is not None:
         radii: tuple[int, ...] = (options.normal_roi_radius,)
     else:
@@ -299,21 +386,16 @@ def _plan(
     stored = store.stored_rows(manifest.label_columns)
     rois_of: dict[str, list[StoredRow]] = {}
     for row in stored.values():
-        if row.parent_id is not None:
+        if row.parent_id is not None and row.kind == "roi":  # tiles follow their film
             rois_of.setdefault(row.parent_id, []).append(row)
     tasks: list[_Task] = []
     label_updates: list[tuple[str, dict[str, str | None], dict[str, str | None]]] = []
     first_with: dict[str, str] = {}
     same_content: list[str] = []
-    for path in tqdm(files, desc="hashing", unit="file", disable=not options.progress):
-        try:
-            check_regular_file(path)  # never open a FIFO: it would block
-            digest = file_sha256(path)
-        except ImageReadError as err:
-            report.failures.append(str(err))
-            continue
-        except OSError as err:
-            report.failures.append(f"{path}: cannot read: {err.strerror or err}")
+    for path in files:
+        digest = hashes[path]
+        if isinstance(digest, Unreadable):
+            report.failures.append(digest.line)
             continue
         row = labels.lookup(path) if labels else None
         image_id = (row.image_id if row and row.image_id else None) or file_id(path)
@@ -414,55 +496,165 @@ def _register_columns(
                 manifest.metadata_columns.remove(column)
 
 
-def _embed_and_store(
-    store: CaseStore,
-    encoder: Encoder,
-    tasks: list[_Task],
-    pseudonymize: Pseudonymizer,
-    options: IngestOptions,
-    report: IngestReport,
-    views: _Views,
-) -> int:
-    """Decode, embed and write the tasks batch by batch; returns the number of commits."""
-    workers = options.workers if options.workers is not None else default_workers()
-    loader = DataLoader(
-        _FileDataset(tasks, encoder.preprocess_cfg, pseudonymize, views),
-        batch_size=options.batch_size,
-        num_workers=workers,
-        collate_fn=list,
-        pin_memory=encoder.device.type == "cuda",
-        # Workers must not fork a process that runs LanceDB's threads (it can deadlock).
-        multiprocessing_context=_worker_context() if workers > 0 else None,
-    )
-    manifest = store.manifest
-    assert manifest is not None
-    no_room: list[str] = []
-    commits = 0
-    with tqdm(total=len(tasks), desc="embedding", unit="img", disable=not options.progress) as bar:
-        for items in loader:
-            good = [item for item in items if "error" not in item]
-            report.failures += [item["error"] for item in items if "error" in item]
-            records = _records(good, encoder, pseudonymize, manifest, options)
-            new_meta = {k for r in records for k in r.metadata} - set(manifest.metadata_columns)
-            new_meta -= set(manifest.label_columns)
-            if new_meta:
-                manifest.metadata_columns += sorted(new_meta)
-                manifest.commit(store.db_dir)  # columns first: a crash leaves only unused names
-            commits += _write(store, records, {i["task"].image_id: i["task"] for i in good}, report)
-            store_previews(store, good)
-            no_room += [
-                item["task"].path.name
-                for item in good
-                if item["task"].normal_rois and not item["task"].findings and not item["rois"]
-            ]
-            bar.update(len(items))
-    if no_room:
-        report.notes.append(
-            f"{len(no_room)} films had no patch of breast large enough for a normal ROI: "
-            + ", ".join(no_room[:10])
-            + (" ..." if len(no_room) > 10 else "")
+class LocalEngine:
+    """One process: files hashed in turn, decoded in DataLoader workers, embedded here."""
+
+    def hash_files(self, files: list[Path], options: IngestOptions) -> dict[Path, str | Unreadable]:
+        bar = tqdm(files, desc="hashing", unit="file", disable=not options.progress)
+        return {path: hash_file(path) for path in bar}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def embed_and_store(
+        self,
+        store: CaseStore,
+        encoder: Encoder,
+        tasks: list[_Task],
+        pseudonymize: Pseudonymizer,
+        options: IngestOptions,
+        report: IngestReport,
+        views: _Views,
+    ) -> int:
+        """Decode, embed and write the tasks batch by batch; returns the number of commits."""
+        workers = options.workers if options.workers is not None else default_workers()
+        loader = DataLoader(
+            _FileDataset(tasks, encoder.preprocess_cfg, pseudonymize, views),
+            batch_size=options.batch_size,
+            num_workers=workers,
+            collate_fn=list,
+            pin_memory=encoder.device.type == "cuda",
+            # Workers must not fork a process that runs LanceDB's threads (it can deadlock).
+            multiprocessing_context=_worker_context() if workers > 0 else None,
         )
-    return commits
+        writer = BatchWriter(store, pseudonymize, options, report)
+        bar = tqdm(total=len(tasks), desc="embedding", unit="img", disable=not options.progress)
+        with writer, bar:
+            for items in loader:
+                embed_items(items, encoder, options.batch_size)
+                writer.write(items)
+                bar.update(len(items))
+            return writer.finish()
+
+
+def embed_items(items: list[dict], encoder: Encoder, batch_size: int) -> None:
+    """Embed the decoded items' films, ROIs and tiles in batches of ``batch_size``: each item
+    gets ``vectors`` (its film, then its ROIs, then its tiles) and loses its tensors."""
+    good = [item for item in items if "error" not in item]
+    tensors = []
+    for item in good:
+        tensors.append(item.pop("tensor"))
+        tensors += [part.pop("tensor") for part in item["rois"] + item["tiles"]]
+    if not tensors:
+        return
+    vectors = np.concatenate(
+        [
+            encoder.embed_batch(torch.stack(tensors[i : i + batch_size]))
+            for i in range(0, len(tensors), batch_size)
+        ]
+    )
+    start = 0
+    for item in good:
+        end = start + 1 + len(item["rois"]) + len(item["tiles"])
+        item["vectors"] = vectors[start:end]
+        start = end
+
+
+class BatchWriter:
+    """Stores embedded items batch by batch in the process that owns the report: records
+    keyed on id (see :func:`_write`), new metadata columns in the manifest first.
+
+    The writes run on one background thread, in order, so the next batch is decoded and
+    embedded while LanceDB commits this one; batches that queue up while a write runs go out
+    as one larger commit. A failed write stops every later one and is raised here (on the
+    next :meth:`write` or on leaving the ``with`` block); a long ingest compacts as it goes.
+    """
+
+    def __init__(
+        self,
+        store: CaseStore,
+        pseudonymize: Pseudonymizer,
+        options: IngestOptions,
+        report: IngestReport,
+    ) -> None:
+        self.store = store
+        self.pseudonymize = pseudonymize
+        self.options = options
+        self.report = report
+        self.commits = 0
+        self.no_room: list[str] = []
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="priorcase-writer")
+        self._lock = threading.Lock()
+        self._queued: list[tuple[list[CaseRecord], dict[str, _Task], list[dict]]] = []
+        self._futures: list[Future] = []
+        self._failed = False
+        self._compacted_at = 0
+
+    def write(self, items: list[dict]) -> None:
+        """Turn embedded items into records and queue them for the writer thread."""
+        self._raise_failure()
+        store, manifest, report = self.store, self.store.manifest, self.report
+        assert manifest is not None
+        good = [item for item in items if "error" not in item]
+        report.failures += [item["error"] for item in items if "error" in item]
+        records = _records(good, self.pseudonymize, manifest, self.options)
+        new_meta = {k for r in records for k in r.metadata} - set(manifest.metadata_columns)
+        new_meta -= set(manifest.label_columns)
+        if new_meta:
+            self._drain()  # queued rows were converted with the columns they had
+            manifest.metadata_columns += sorted(new_meta)
+            manifest.commit(store.db_dir)  # columns first: a crash leaves only unused names
+        tasks = {item["task"].image_id: item["task"] for item in good}
+        with self._lock:
+            self._queued.append((records, tasks, good))
+        self._futures.append(self._pool.submit(self._flush))
+        self.no_room += [
+            item["task"].path.name
+            for item in good
+            if item["task"].normal_rois and not item["task"].findings and not item["rois"]
+        ]
+
+    def finish(self) -> int:
+        """Wait for the queued writes, add the closing note; returns the commits made."""
+        self._drain()
+        if self.no_room:
+            self.report.notes.append(
+                f"{len(self.no_room)} films had no patch of breast large enough for a normal "
+                "ROI: " + ", ".join(self.no_room[:10]) + (" ..." if len(self.no_room) > 10 else "")
+            )
+        return self.commits
+
+    def _drain(self) -> None:
+        for future in self._futures:
+            future.result()
+        self._futures.clear()
+
+    def _raise_failure(self) -> None:
+        if any(f.done() and f.exception() is not None for f in self._futures):
+            self._drain()
+
+    def _flush(self) -> None:
+        with self._lock:
+            batches, self._queued = self._queued, []
+        if not batches or self._failed:
+            return
+        records = [r for batch, _, _ in batches for r in batch]
+        tasks = {i: t for _, batch_tasks, _ in batches for i, t in batch_tasks.items()}
+        try:
+            self.commits += _write(self.store, records, tasks, self.report)
+            store_previews(self.store, [item for _, _, items in batches for item in items])
+            if self.commits - self._compacted_at >= COMPACT_EVERY_COMMITS:
+                self._compacted_at = self.commits
+                self.store.maybe_optimize()
+        except BaseException:
+            self._failed = True
+            raise
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, kind, value, trace) -> None:
+        self._pool.shutdown(wait=True)  # queued writes end before the caller goes on
 
 
 def _write(
@@ -539,28 +731,17 @@ def _worker_context() -> str:
 
 def _records(
     items: list[dict],
-    encoder: Encoder,
     pseudonymize: Pseudonymizer,
     manifest: Manifest,
     options: IngestOptions,
 ) -> list[CaseRecord]:
-    tensors = [item["tensor"] for item in items]
-    tensors += [roi["tensor"] for item in items for roi in item["rois"]]
-    tensors += [tile["tensor"] for item in items for tile in item["tiles"]]
-    if not tensors:
-        return []
-    vectors = np.concatenate(
-        [
-            encoder.embed_batch(torch.stack(tensors[i : i + options.batch_size]))
-            for i in range(0, len(tensors), options.batch_size)
-        ]
-    )
+    """The rows of embedded items (see :func:`embed_items`)."""
     records: list[CaseRecord] = []
-    roi_vectors = iter(vectors[len(items) :])  # ROIs, then tiles, in item order
-    n_rois = sum(len(item["rois"]) for item in items)
-    tile_vectors = iter(vectors[len(items) + n_rois :])
-    for item, vector in zip(items, vectors[: len(items)], strict=True):
+    for item in items:
         task: _Task = item["task"]
+        vector, *rest = item["vectors"]
+        roi_vectors = iter(rest[: len(item["rois"])])
+        tile_vectors = iter(rest[len(item["rois"]) :])
         patient = pseudonymize(task.patient_key) if task.patient_key else item["patient"]
         metadata = {k: v for k, v in item["metadata"].items() if k not in manifest.label_columns}
         if options.group == PATIENT_COLUMN:

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from priorcase.errors import SaltMismatchError, StorageError
+from priorcase.index.location import LibraryLocation, uri_digest
 
 SALT_ENV = "PRIORCASE_SALT"
 KEY_FILE_ENV = "PRIORCASE_KEY_FILE"
@@ -49,15 +50,16 @@ class Pseudonymizer:
         return hmac.new(self._salt, FINGERPRINT_TEXT, hashlib.sha256).hexdigest()[:16]
 
     @classmethod
-    def for_index(cls, db_dir: Path) -> Pseudonymizer:
+    def for_index(cls, db_dir: Path | LibraryLocation) -> Pseudonymizer:
         """The library's salt: ``$PRIORCASE_SALT``, else the key file ``$PRIORCASE_KEY_FILE``,
-        else ``db_dir/salt.key``; a missing key file is created with a random secret.
+        else ``db_dir/salt.key`` (a library on object storage: a local file, see
+        :func:`key_file`); a missing key file is created with a random secret, except for a
+        remote library that already has a salt (its key must be brought, not made up).
 
         ``$PRIORCASE_SALT`` and an existing key file that disagree are refused, as is any salt
         whose fingerprint differs from the one in the library's manifest (checked by ingest),
         because one patient would then get two pseudonyms.
         """
-        db_dir = Path(db_dir)
         env = os.environ.get(SALT_ENV)
         key_path = key_file(db_dir)
         if env:
@@ -70,13 +72,31 @@ class Pseudonymizer:
                         f"get two pseudonyms; unset ${SALT_ENV} or point ${KEY_FILE_ENV} elsewhere"
                     )
             return cls(salt)
+        location = LibraryLocation.parse(db_dir)
+        if location.is_remote and not key_path.is_file():
+            from priorcase.index.manifest import Manifest
+
+            manifest = Manifest.load(location)
+            if manifest is not None and manifest.salt_fingerprint is not None:
+                raise SaltMismatchError(
+                    f"no salt key for {location} at {key_path}: the key is never kept on object "
+                    f"storage; copy the library's key there, or set ${KEY_FILE_ENV} or ${SALT_ENV}"
+                )
         return cls(_read_or_create(key_path))
 
 
-def key_file(db_dir: Path) -> Path:
-    """Where the salt lives: ``$PRIORCASE_KEY_FILE``, else ``db_dir/salt.key``."""
+def key_file(db_dir: Path | LibraryLocation) -> Path:
+    """Where the salt lives: ``$PRIORCASE_KEY_FILE``, else ``db_dir/salt.key``; for a library
+    on object storage never beside it, but in ``$XDG_CONFIG_HOME/priorcase/keys/<digest of
+    the URI>.key`` (default ``~/.config``), a local file each deployment supplies."""
     env = os.environ.get(KEY_FILE_ENV)
-    return Path(env).expanduser() if env else Path(db_dir) / SALT_FILE
+    if env:
+        return Path(env).expanduser()
+    location = LibraryLocation.parse(db_dir)
+    if location.is_remote:
+        config = os.environ.get("XDG_CONFIG_HOME") or os.path.join("~", ".config")
+        return Path(config).expanduser() / "priorcase" / "keys" / f"{uri_digest(str(location))}.key"
+    return location.path / SALT_FILE
 
 
 def _read_or_create(key_path: Path) -> bytes:

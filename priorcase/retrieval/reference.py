@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -108,17 +109,15 @@ class LibraryReference:
         """Sorted leave-one-patient-out best-match scores of the library's rows of ``kind``."""
         key = ("image", self.core.store.version, kind)
         if key not in self._cache:
-            path = (
-                self.core.store.db_dir / "reference" / f"{kind or 'all'}-{self._digest(kind)}.npy"
-            )
-            if path.exists():
-                scores = np.load(path)
+            name = f"{kind or 'all'}-{self._digest(kind)}.npy"
+            file = self.core.store.location.file("reference", name)
+            if file.fetch():
+                scores = np.load(file.local)
             else:
                 snap = self.core.store.snapshot(kind)
                 top = leave_one_group_out_top(snap.vectors, np.asarray(snap.groups, dtype=str))
                 scores = np.sort(top[~np.isnan(top)])
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(path, scores)
+                file.save(lambda tmp: _save_npy(tmp, scores))
             self._cache = {k: v for k, v in self._cache.items() if k[1] == key[1]}
             self._cache[key] = scores
         return self._cache[key]
@@ -201,3 +200,8 @@ def search_reference(
         return status, [ref.text_percentile(h.score) for h in hits]
     scope = kind or "image"
     return ref.assess_image(top, scope), [ref.score_percentile(h.score, scope) for h in hits]
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # np.save(path) would append ".npy" to a temporary name
+        np.save(fh, array)

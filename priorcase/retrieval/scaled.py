@@ -28,7 +28,6 @@ from priorcase.records import SearchHit
 
 SCALE_BACKENDS = ("faiss-ann", "lance")
 THRESHOLDS_PATH = Path(__file__).resolve().parents[1] / "index" / "thresholds.json"
-REMOTE_PREFIXES = ("s3://", "gs://", "az://", "abfs://", "hf://", "db://")
 CACHE_DIR = "ann"
 MASK_CACHE = 32
 
@@ -85,6 +84,17 @@ class Columns:
 
 
 @dataclass(frozen=True)
+class TableState:
+    """What one table version says about itself. Read once per version: each read is a round
+    trip through LanceDB's event-loop thread, and a query made five of them."""
+
+    memo: tuple[int, int]  # (handle identity, version)
+    names: tuple[str, ...]
+    dim: int
+    rows: int
+
+
+@dataclass(frozen=True)
 class Query:
     """One query of a batch."""
 
@@ -117,6 +127,8 @@ class ScaledSearcher:
         self._lance: LanceAnn | None = None
         self._key: tuple[tuple[int, int], str] | None = None
         self._pinned = None  # the table handle of the query under way (one checkout a query)
+        self._state: TableState | None = None
+        self._pinned_state: TableState | None = None  # its state, read once
         self._masks: OrderedDict[tuple[str, str | None, str | None], np.ndarray | None] = (
             OrderedDict()
         )
@@ -139,13 +151,36 @@ class ScaledSearcher:
         chose one (small libraries stay on the exact path of :class:`Searcher`)."""
         if self.backend in SCALE_BACKENDS:
             return True
-        if self.backend != "auto" or self.store.table is None:
+        table = self.store.table if self.backend == "auto" else None
+        if table is None:
             return False
-        self._pinned = self.store.table  # search() right after reuses this checkout
+        self._pin(table)  # search() right after reuses this checkout
         routed = self.choose().backend != "exact"
         if not routed:
-            self._pinned = None
+            self._pin(None)
         return routed
+
+    def release(self) -> None:
+        """Drop the checkout ``routes()`` made, when no search follows it."""
+        self._pin(None)
+
+    def _pin(self, table) -> None:
+        self._pinned = table
+        self._pinned_state = None
+
+    def state(self) -> TableState:
+        """The current version's schema, size and identity (read once per version)."""
+        if self._pinned is not None and self._pinned_state is not None:
+            return self._pinned_state
+        table = self._table()
+        memo = (id(table), int(table.version))
+        if self._state is None or self._state.memo != memo:
+            schema = table.schema
+            dim = schema.field("vector").type.list_size
+            self._state = TableState(memo, tuple(schema.names), dim, table.count_rows())
+        if self._pinned is not None:
+            self._pinned_state = self._state
+        return self._state
 
     def prepare(self) -> str:
         """Bring the indexes of the chosen path up to date (``priorcase index``): LanceDB's
@@ -180,10 +215,10 @@ class ScaledSearcher:
     def content_key(self) -> str:
         """Identifies the table's content, not its version number (a rebuilt table restarts
         its versions; an index build makes a version without changing the rows)."""
-        table = self._table()
-        memo = (id(table), int(table.version))
+        memo = self.state().memo
         if self._key is not None and self._key[0] == memo:
             return self._key[1]
+        table = self._table()
         latest = max(table.list_versions(), key=lambda v: v["version"])
         # data files, rows, deletions and bytes: unchanged by index builds (which make new
         # versions), changed by any write or compaction (which also renumbers row ids)
@@ -193,15 +228,14 @@ class ScaledSearcher:
         return key
 
     def choose(self) -> Choice:
-        table = self._table()
         if self.backend in SCALE_BACKENDS:
             choice = Choice(self.backend, "asked for")
         elif self.backend == "exact":
             choice = Choice("exact", "asked for")
         else:
-            dim = table.schema.field("vector").type.list_size
-            remote = str(self.store.db_dir).startswith(REMOTE_PREFIXES)
-            choice = choose(table.count_rows(), dim, remote, self.memory_budget_mb)
+            state = self.state()  # read once per table version, so remote costs no request
+            remote = self.store.location.is_remote
+            choice = choose(state.rows, state.dim, remote, self.memory_budget_mb)
         # small libraries (exact) stay silent, as before; `priorcase index` always says which
         if choice != self.chosen and self.notify is not None and choice.backend != "exact":
             self.notify(f"search backend: {choice.backend} ({choice.reason})")
@@ -228,17 +262,17 @@ class ScaledSearcher:
         their exclusions go through one batched kNN call."""
         try:
             if self._pinned is None:
-                self._pinned = self._table()
+                self._pin(self._table())
             return self._search(queries, k, kind, where)
         finally:
-            self._pinned = None
+            self._pin(None)
 
     def _search(self, queries, k, kind, where) -> list[list[SearchHit]]:
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
         if not queries:
             return []
-        dim = self._table().schema.field("vector").type.list_size
+        dim = self.state().dim
         for q in queries:
             if np.shape(q.vector)[-1] != dim:
                 raise QueryError(
@@ -263,7 +297,7 @@ class ScaledSearcher:
     def lance(self) -> LanceAnn:
         table = self._table()
         if self._lance is None or self._lance.table is not table:
-            self._lance = LanceAnn(table, self.store.db_dir / CACHE_DIR)
+            self._lance = LanceAnn(table, self.store.location.child(CACHE_DIR))
         return self._lance
 
     def _search_lance(self, vectors, k, kind, where, group, ids) -> list[list[SearchHit]]:
@@ -295,19 +329,22 @@ class ScaledSearcher:
         """The budget-chosen FAISS index of this content, from disk or built (and saved)."""
         if self._faiss is not None and self._faiss[0] == cols.key:
             return self._faiss[1]
-        folder = self.store.db_dir / CACHE_DIR
-        path = folder / f"faiss-{cols.key}.index"
-        index = BudgetIndex.load(path, self.use_gpu)
+        file = self.store.location.file(CACHE_DIR, f"faiss-{cols.key}.index")
+        meta = self.store.location.file(CACHE_DIR, f"faiss-{cols.key}.json")  # its plan
+        cached = file.fetch() and meta.fetch()
+        index = BudgetIndex.load(file.local, self.use_gpu) if cached else None
         if index is None or index.index.ntotal != len(cols.rowids):
             vectors = self.columns(with_vectors=True).vectors
             assert vectors is not None
             index = BudgetIndex.build(
                 vectors, self.memory_budget_mb, self.target_recall, self.use_gpu
             )
-            index.save(path)
-            for stale in folder.glob("faiss-*"):
-                if not stale.name.startswith(path.stem):
-                    stale.unlink(missing_ok=True)
+            index.save(file.local)
+            file.upload()
+            meta.upload()
+            for stale in file.siblings():
+                if stale.name.startswith("faiss-") and not stale.name.startswith(file.local.stem):
+                    stale.delete()
         self._faiss = (cols.key, index)
         return index
 
@@ -367,7 +404,7 @@ class ScaledSearcher:
         rows: dict[int, dict] = {}
         if len(wanted):
             table = self._table()
-            names = [c for c in table.schema.names if c != "vector"]
+            names = [c for c in self.state().names if c != "vector"]
             arrow = table.take_row_ids(cols.rowids[wanted].tolist()).select(names).with_row_id()
             rows = {int(r["_rowid"]): r for r in arrow.to_arrow().to_pylist()}
         out = []

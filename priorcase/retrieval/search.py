@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from priorcase.classifiers.joint_space import ClipSpace, JointSpace
@@ -86,7 +84,15 @@ class Searcher:
                 self.search(v, k, kind, where, g, exclude_ids)
                 for v, g in zip(vectors, groups, strict=True)
             ]
-        sql = parse_where(where, self.store.filterable_columns()) if where else None
+        return self._search_scaled(vectors, k, kind, where, groups, exclude_ids)
+
+    def _search_scaled(self, vectors, k, kind, where, groups, exclude_ids):
+        """The scaled searcher's batched path, on the table version ``routes()`` checked out."""
+        try:
+            sql = parse_where(where, self.store.filterable_columns()) if where else None
+        except QueryError:
+            self.scaled.release()
+            raise
         if kind is None:
             sql = "kind != 'tile'" if sql is None else f"({sql}) AND kind != 'tile'"
         ids = frozenset(exclude_ids or ())
@@ -108,7 +114,7 @@ class Searcher:
         def make() -> VectorIndex:
             if not space_key:
                 name = f"{kind or 'all'}-{self.backend}-{snapshot.digest[:32]}.index"
-                cache = Path(self.store.db_dir) / "faiss" / name
+                cache = self.store.location.file("faiss", name)
                 return VectorIndex(snapshot.vectors, self.backend, self.use_gpu, cache_path=cache)
             assert space is not None
             vectors = space.images(snapshot.vectors)
@@ -156,7 +162,7 @@ class Searcher:
         k = check_k(k)
         if space is None and self.scaled.routes():
             one = vector[None, :]
-            return self.search_batch(one, k, kind, where, [exclude_group], exclude_ids)[0]
+            return self._search_scaled(one, k, kind, where, [exclude_group], exclude_ids)[0]
         snapshot = self.store.snapshot(kind)
         if len(snapshot.ids) == 0:
             return []
