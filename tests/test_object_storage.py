@@ -244,7 +244,7 @@ def test_serve_the_ui_from_the_bucket(remote_library) -> None:
         actions = Actions(pc)
         hits = actions.search_vector(actions.query_from_upload(files[2]), k=3)
         assert hits[0].id == files[2].stem
-        reference, _ = actions.search_reference(hits, None, "image")
+        reference, *_ = actions.search_reference(hits, None, "image")
         assert reference is not None
     finally:
         demo.close()
@@ -276,10 +276,8 @@ def test_ui_in_a_browser_searches_the_bucket(remote_library) -> None:
             page.set_default_timeout(ui.TIMEOUT_MS)
             ui._open(page, f"http://127.0.0.1:{port}/")
             page.locator("#query-upload input[type=file]").set_input_files(str(files[2]))
-            ui._wait_status(page, "nearest cases to")
-            page.wait_for_function(
-                "document.querySelectorAll('#results-gallery .caption-label').length > 0"
-            )
+            ui._wait_status(page, "cases nearest to")
+            page.wait_for_function("document.querySelectorAll('#results .pc-cap').length > 0")
             captions = ui._captions(page)
             assert captions[0].startswith(f"#1 {files[2].stem}"), captions
             browser.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from priorcase.index.artifacts import atomic_write
+from priorcase.index.location import LibraryLocation
 
 VOCABULARY_FILE = "vocabulary.json"
 MIAS_VOCABULARY = Path(__file__).resolve().parents[1] / "datasets" / "mias_vocabulary.json"
@@ -20,7 +20,10 @@ Vocabulary = dict[str, dict[str, str]]
 
 def read_vocabulary(path: str | Path) -> Vocabulary:
     """A vocabulary file: a JSON object of column -> {code: words}; anything else is refused."""
-    data = json.loads(Path(path).read_text())
+    return _parse(json.loads(Path(path).read_text()), path)
+
+
+def _parse(data: object, path: object) -> Vocabulary:
     if not isinstance(data, dict) or not all(
         isinstance(v, dict) and all(isinstance(w, str) for w in v.values()) for v in data.values()
     ):
@@ -28,7 +31,7 @@ def read_vocabulary(path: str | Path) -> Vocabulary:
     return {str(c): {str(k): w for k, w in v.items()} for c, v in data.items()}
 
 
-def record_vocabulary(db_dir: str | Path, source: str | Path | None) -> bool:
+def record_vocabulary(db_dir: str | Path | LibraryLocation, source: str | Path | None) -> bool:
     """Copy the vocabulary ``source`` (or the one beside a labels CSV) into the library."""
     if source is None:
         return False
@@ -38,14 +41,16 @@ def record_vocabulary(db_dir: str | Path, source: str | Path | None) -> bool:
     if not source.is_file():
         return False
     text = json.dumps(read_vocabulary(source), indent=1, sort_keys=True)
-    atomic_write(Path(db_dir) / VOCABULARY_FILE, lambda tmp: tmp.write_text(text))
+    LibraryLocation.parse(db_dir).file(VOCABULARY_FILE).write_bytes(text.encode())
     return True
 
 
-def load_vocabulary(db_dir: str | Path) -> Vocabulary:
-    path = Path(db_dir) / VOCABULARY_FILE
+def load_vocabulary(db_dir: str | Path | LibraryLocation) -> Vocabulary:
+    """The library's vocabulary ({} when it has none, or an unreadable one)."""
+    file = LibraryLocation.parse(db_dir).file(VOCABULARY_FILE)
     try:
-        return read_vocabulary(path) if path.is_file() else {}
+        data = file.read_bytes()  # not cached: the file keeps its name when re-recorded
+        return _parse(json.loads(data), file) if data is not None else {}
     except (OSError, ValueError):
         return {}
 
