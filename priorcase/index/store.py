@@ -323,14 +323,16 @@ class CaseStore:
                 io_problem = _io_problem(err)
                 if io_problem:
                     raise StorageError(f"{self.db_dir}: cannot write: {io_problem}") from err
+                # "was not found": another process has made the table's folder but not yet
+                # committed its first version
                 retryable = any(
                     s in text.lower()
-                    for s in ("conflict", "retryable", "already exists", "concurrent")
+                    for s in ("conflict", "retryable", "already exists", "concurrent", "not found")
                 )
                 if not retryable or attempt == _RETRIES - 1:
                     raise
                 time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
-                self._reopen()
+                self._table = None  # the next attempt opens the table afresh
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ reading
