@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import TypeVar
 import lancedb
 import numpy as np
 import pyarrow as pa
+from filelock import FileLock
 
 from priorcase.errors import QueryError, StorageError
 from priorcase.index.location import LibraryLocation
@@ -31,6 +33,7 @@ DERIVED_GLOBS = ("text-aligner-*.pt", "text-aligner-*.pt.lock")
 # Compact after an ingest that made at least this many commits.
 OPTIMIZE_AT_FRAGMENTS = 20  # small fragments from many commits slow every scan
 _RETRIES = 8
+WRITE_LOCK = ".priorcase-write.lock"
 _T = TypeVar("_T")
 # "path" stays reserved: old libraries stored source paths there; new rows never do.
 FIXED_COLUMNS = (
@@ -218,8 +221,27 @@ class CaseStore:
             result = merge.when_not_matched_insert_all().execute(_conform(data, table))
             return int(result.num_inserted_rows), int(result.num_updated_rows)
 
-        with self._lock:
+        with self._lock, self._writer_lock():
             return self._retry(write)
+
+    @contextlib.contextmanager
+    def _writer_lock(self):
+        """Serialise row writers of a local library across processes. merge_insert decides
+        what is new from the version it read, and two processes inserting one id at the same
+        moment were seen to both commit (CI, two first ingests racing). Object storage has no
+        lock: there Lance's conditional-PUT commit is all there is (docs/DEPLOY.md)."""
+        if self.location.is_remote:
+            yield
+            return
+        try:
+            lock = FileLock(self.location.path / WRITE_LOCK, timeout=300)
+            lock.acquire()
+        except OSError as err:  # read-only folder, full disk, or held too long (Timeout)
+            raise StorageError(f"{self.db_dir}: cannot lock for writing: {err}") from err
+        try:
+            yield
+        finally:
+            lock.release()
 
     def update_labels(
         self,
