@@ -122,13 +122,17 @@ class Previews:
 
 
 def store_previews(store: CaseStore, items: list[dict]) -> None:
-    """Ingest hook: store the ``preview`` of each decoded item (keyed on its task's id)."""
+    """Ingest hook: store the ``preview`` pixels of each decoded item, PNG-encoded here
+    (keyed on its task's id)."""
     fresh = [i for i in items if "preview" in i and not i["task"].update]
     fixed = [i for i in items if "preview" in i and i["task"].update]
     previews = Previews(store)
     for batch, update in ((fresh, False), (fixed, True)):
         previews.put(
-            [Preview(i["task"].image_id, i["preview"], *_size(i["metadata"])) for i in batch],
+            [
+                Preview(i["task"].image_id, encode_preview(i["preview"]), *_size(i["metadata"]))
+                for i in batch
+            ],
             update=update,
         )
 

@@ -24,7 +24,7 @@ from priorcase.encoders.base import Encoder
 from priorcase.encoders.preprocess import PreprocessConfig, preprocess_pixels
 from priorcase.errors import ImageReadError, LabelsError, PriorcaseError, StorageError
 from priorcase.index.manifest import Manifest
-from priorcase.index.previews import encode_preview, store_previews
+from priorcase.index.previews import store_previews
 from priorcase.index.store import CaseStore, StoredRow, sql_quote
 from priorcase.index.vocabulary import record_vocabulary
 from priorcase.ingest.breast import MAMMOGRAPHY, BreastConfig, BreastView, prepare
@@ -172,7 +172,9 @@ def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer, views: _Views) -
         "task": task,
         "tensor": preprocess(view.pixels),
         "thumbnail": make_thumbnail(pixels),
-        "preview": encode_preview(pixels),  # full resolution for the viewer
+        # full resolution for the viewer, PNG-encoded by the writer thread (20 ms a 1024² film
+        # that would otherwise sit between decoding and the forward pass)
+        "preview": pixels,
         "metadata": metadata,
         "patient": image.patient,
         "rois": roi_items,
