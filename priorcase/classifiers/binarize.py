@@ -33,3 +33,12 @@ def binarize_labels(y: Iterable[str], positive: Iterable[str]) -> np.ndarray:
         known = ", ".join(sorted(set(y.tolist())))
         raise ValueError(f"none of the positive labels {sorted(positive)} occur; labels: {known}")
     return np.where(is_pos, pos_label, neg_label).astype(object)
+
+
+def two_column_proba(p_positive: np.ndarray, classes: np.ndarray, positive: str) -> np.ndarray:
+    """``predict_proba`` columns in ``classes`` order from the positive class's probability."""
+    p = np.asarray(p_positive, dtype=float)
+    out = np.zeros((len(p), 2))
+    col = list(classes).index(positive)
+    out[:, col], out[:, 1 - col] = p, 1 - p
+    return out

@@ -21,6 +21,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
+from priorcase.classifiers.binarize import two_column_proba
 from priorcase.classifiers.linear import cv_splits
 
 if TYPE_CHECKING:
@@ -224,10 +225,7 @@ class CaseFusionClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         p = self.fusion_.predict_proba(self.features(X))[:, 1]
-        out = np.zeros((len(p), 2))
-        col = list(self.classes_).index(self.positive_)
-        out[:, col], out[:, 1 - col] = p, 1 - p
-        return out
+        return two_column_proba(p, self.classes_, self.positive_)
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
+from priorcase.classifiers.binarize import two_column_proba
 from priorcase.classifiers.linear import LogisticHead
 
 if TYPE_CHECKING:
@@ -149,10 +150,7 @@ class TileMILClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         p = self.calibrator_.predict_proba(self.decision_function(X)[:, None])[:, 1]
-        out = np.zeros((len(p), 2))
-        col = list(self.classes_).index(self.positive_)
-        out[:, col], out[:, 1 - col] = p, 1 - p
-        return out
+        return two_column_proba(p, self.classes_, self.positive_)
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
