@@ -146,3 +146,16 @@ def ingest_command(*args: str | Path) -> list[str]:
 
 
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}  # a child must never try a model hub
+
+
+def write_mias_labels(mias, ids: set[str], path: Path) -> Path:
+    """The MIAS labels CSV cut to ``ids``, with absolute file paths (paths in the CSV are
+    relative to its own folder, which the copy leaves)."""
+    with open(mias.labels, newline="") as src, open(path, "w", newline="") as dst:
+        reader = csv.DictReader(src)
+        writer = csv.DictWriter(dst, fieldnames=reader.fieldnames or [])
+        writer.writeheader()
+        for row in reader:
+            if row["image_id"] in ids:
+                writer.writerow({**row, "file": str(mias.root / row["file"])})
+    return path

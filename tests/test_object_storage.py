@@ -4,7 +4,6 @@ served from there; the salt key stays local and no credential is written anywher
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import socket
@@ -12,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from fixtures import write_mias_labels
 
 from priorcase.cli import main
 
@@ -84,13 +84,7 @@ def remote_library(s3_env, mias, bundled, tmp_path_factory):
         pytest.skip("too few MIAS films found")
     labels = tmp / "labels.csv"
     ids = {f.stem for f in files}
-    with open(mias.labels, newline="") as src, open(labels, "w", newline="") as dst:
-        reader = csv.DictReader(src)
-        writer = csv.DictWriter(dst, fieldnames=reader.fieldnames or [])
-        writer.writeheader()
-        for row in reader:
-            if row["image_id"] in ids:
-                writer.writerow({**row, "file": str(mias.root / row["file"])})
+    write_mias_labels(mias, ids, labels)
     folder = tmp / "films"
     folder.mkdir()
     for f in files:

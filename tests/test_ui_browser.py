@@ -5,7 +5,6 @@ Screenshots of the main views land in ``test-artifacts/ui/`` at the repository r
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import write_mias_labels
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -68,13 +68,7 @@ def library(tmp_path_factory, mias, bundled):
         pytest.skip("too few MIAS films found")
     ids = {f.stem for f in files}
     labels = tmp / "labels.csv"
-    with open(mias.labels, newline="") as src, open(labels, "w", newline="") as dst:
-        reader = csv.DictReader(src)
-        writer = csv.DictWriter(dst, fieldnames=reader.fieldnames or [])
-        writer.writeheader()
-        for row in reader:
-            if row["image_id"] in ids:  # paths in the CSV are relative to its folder
-                writer.writerow({**row, "file": str(mias.root / row["file"])})
+    write_mias_labels(mias, ids, labels)
     pc = priorcase.open(tmp / "db", encoder=bundled)
     report = pc.ingest(files, labels=labels, findings=mias.findings, progress=False, workers=0)
     assert report.stored_images == len(files), report.summary()

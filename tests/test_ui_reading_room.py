@@ -13,6 +13,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from fixtures import write_mias_labels
 from PIL import Image
 from test_ui_browser import _launch, _shot, _wait_status, browser  # noqa: F401
 
@@ -29,13 +30,7 @@ def room(tmp_path_factory, mias, bundled):
 
     tmp = tmp_path_factory.mktemp("ui-room")
     labels = tmp / "labels.csv"
-    with open(mias.labels, newline="") as src, open(labels, "w", newline="") as dst:
-        reader = csv.DictReader(src)
-        writer = csv.DictWriter(dst, fieldnames=reader.fieldnames or [])
-        writer.writeheader()
-        for row in reader:
-            if row["image_id"] in FILMS:
-                writer.writerow({**row, "file": str(mias.root / row["file"])})
+    write_mias_labels(mias, set(FILMS), labels)
     pc = priorcase.open(tmp / "db", encoder=bundled)
     files = [mias.images / f"{f}.png" for f in FILMS]
     report = pc.ingest(files, labels=labels, findings=mias.findings, progress=False, workers=0)
