@@ -134,7 +134,12 @@ class CaseStore:
         if self._table is None:
             if TABLE_NAME not in self._db.list_tables().tables:
                 return None
-            self._table = self._db.open_table(TABLE_NAME)
+            try:
+                self._table = self._db.open_table(TABLE_NAME)
+            except ValueError as err:
+                if "was not found" not in str(err):
+                    raise
+                return None  # another process made its folder but has not committed it yet
         elif self._pinned is None:
             self._table.checkout_latest()  # see commits of other processes / handles
         return self._table
@@ -331,7 +336,8 @@ class CaseStore:
     def _reopen(self) -> lancedb.table.Table:
         self._table = None
         table = self.table
-        assert table is not None
+        if table is None:  # still being created by another process: _retry tries again
+            raise ValueError(f"table {TABLE_NAME!r} was not found yet (concurrent creation)")
         return table
 
     def _retry(self, write: Callable[[], _T]) -> _T:
