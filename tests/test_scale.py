@@ -62,8 +62,26 @@ def test_every_auto_path_answers_like_exact_search(small_db: Path, backend: str)
             want = reference.search(q, 15, f.get("kind"), f.get("where"), group, set(ids))
             assert [h.id for h in got] == [h.id for h in want], (backend, f)
             np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+            # the whole hit, not only its id: the in-memory paths hold labels and geometry
+            # per position and take only thumbnails, so a misaligned row would show here
+            assert [_shown(h) for h in got] == [_shown(h) for h in want], (backend, f)
         assert all(h.group != group for hits in batch for h in hits)
     assert searcher.chosen is not None and searcher.chosen.backend == backend
+
+
+def _shown(hit) -> tuple:
+    return (
+        hit.id,
+        hit.kind,
+        hit.labels,
+        hit.metadata,
+        hit.patient,
+        hit.group,
+        hit.parent_id,
+        hit.roi,
+        hit.box,
+        hit.thumbnail,
+    )
 
 
 def test_auto_picks_exact_for_small_and_says_which_otherwise(small_db: Path) -> None:
@@ -188,3 +206,19 @@ def test_search_images_folder_is_one_batch_of_json_lines(tmp_path: Path, bundled
     assert [[h.id for h in hits] for hits in batch] == [
         [h.id for h in pc.search(image=f, k=3)] for f in files[:3]
     ]
+
+
+@pytest.mark.parametrize("backend", ["faiss-ann", "lance"])
+def test_scaled_hits_carry_thumbnails_of_an_ingested_library(
+    tmp_path: Path, bundled, backend: str
+) -> None:
+    write_pngs(tmp_path / "lib", 5, size=64)
+    pc = priorcase.open(tmp_path / "db", encoder=bundled)
+    pc.ingest(tmp_path / "lib", workers=0, progress=False)
+    vectors = pc.store.snapshot(None).vectors
+    reference = Searcher(pc.store, backend="exact")
+    scaled = ScaledSearcher(pc.store, backend=backend)
+    got = scaled.search([Query(v) for v in vectors], 3)
+    for v, hits in zip(vectors, got, strict=True):
+        assert all(h.thumbnail for h in hits)
+        assert [_shown(h) for h in hits] == [_shown(h) for h in reference.search(v, 3)]

@@ -80,6 +80,7 @@ class Columns:
     group_sizes: np.ndarray
     kinds: np.ndarray  # int32 code per row
     kind_codes: dict[str, int]
+    hit_rows: pa.Table  # what a SearchHit shows but its thumbnail, row i at position i
     vectors: np.ndarray | None = None
 
 
@@ -314,7 +315,7 @@ class ScaledSearcher:
         """Row ids, group and kind codes (and vectors) of the current version, cached."""
         key = self.content_key()
         if self._columns is None or self._columns.key != key:
-            self._columns = _read_columns(self._table(), key)
+            self._columns = _read_columns(self._table(), key, self.state().names)
             self._masks.clear()
         cols = self._columns
         if with_vectors and cols.vectors is None:
@@ -403,17 +404,31 @@ class ScaledSearcher:
         wanted = np.unique(found.positions[found.positions >= 0])
         rows: dict[int, dict] = {}
         if len(wanted):
-            table = self._table()
-            names = [c for c in self.state().names if c != "vector"]
-            arrow = table.take_row_ids(cols.rowids[wanted].tolist()).select(names).with_row_id()
-            rows = {int(r["_rowid"]): r for r in arrow.to_arrow().to_pylist()}
+            # labels and geometry come from memory; only the thumbnails are read, in one take:
+            # each column a take reads costs a random read, and a hit row has sixteen of them
+            rows = dict(zip(wanted.tolist(), cols.hit_rows.take(wanted).to_pylist(), strict=True))
+            ids = cols.rowids[wanted]
+            taken = self._table().take_row_ids(ids.tolist()).select(["thumbnail"]).with_row_id()
+            thumbs = taken.to_arrow()
+            thumb_of = dict(
+                zip(
+                    thumbs.column("_rowid").to_pylist(),
+                    thumbs.column("thumbnail").to_pylist(),
+                    strict=True,
+                )
+            )
+            for position, rowid in zip(wanted.tolist(), ids.tolist(), strict=True):
+                if rowid not in thumb_of:  # deleted since this version was read
+                    del rows[position]
+                else:
+                    rows[position]["thumbnail"] = thumb_of[rowid]
         out = []
         for positions, scores in zip(found.positions, found.scores, strict=True):
-            hits = []
-            for p, s in zip(positions.tolist(), scores.tolist(), strict=True):
-                row = rows.get(int(cols.rowids[p])) if p >= 0 else None
-                if row is not None:
-                    hits.append(self.store.row_to_hit(row, float(s)))
+            hits = [
+                self.store.row_to_hit(rows[p], float(s))
+                for p, s in zip(positions.tolist(), scores.tolist(), strict=True)
+                if p in rows
+            ]
             out.append(hits)
         return out
 
@@ -427,8 +442,13 @@ def _positions(rowids: np.ndarray, matched: np.ndarray) -> np.ndarray:
     return pos[rowids[pos] == matched]
 
 
-def _read_columns(table, key: str) -> Columns:
-    arrow = table.search().select(["kind", "group"]).with_row_id(True).limit(None).to_arrow()
+# read per hit, not held in memory: the vector (in the index), the thumbnail (taken per hit)
+NOT_HELD = ("vector", "thumbnail", "content_hash", "key")
+
+
+def _read_columns(table, key: str, names: Sequence[str]) -> Columns:
+    held = [c for c in names if c not in NOT_HELD]
+    arrow = table.search().select(held).with_row_id(True).limit(None).to_arrow()
     rowids = arrow.column("_rowid").to_numpy()
     order = np.argsort(rowids, kind="stable")
     if not np.all(order == np.arange(len(order))):
@@ -445,6 +465,7 @@ def _read_columns(table, key: str) -> Columns:
         group_sizes=group_sizes,
         kinds=kinds,
         kind_codes={g: i for i, g in enumerate(kind_names)},
+        hit_rows=arrow.drop_columns(["_rowid"]).combine_chunks(),  # one chunk: a fast take
     )
 
 
