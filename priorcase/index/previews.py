@@ -10,6 +10,7 @@ keyed on the case id; erasing a case erases its preview (``CaseStore.delete_case
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -49,6 +50,40 @@ def encode_preview(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=3)  # level 3: near-best size, 3x faster
     return buffer.getvalue()
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# the chunks that make the picture; every other one (text, EXIF, time, ICC, gamma) is left
+# out: PNG text chunks can carry a patient's name, and gamma or ICC would make a browser
+# show other values than the decoded pixels that were embedded
+PICTURE_CHUNKS = (b"IHDR", b"IDAT", b"IEND")
+
+
+def source_png_preview(data: bytes) -> bytes | None:
+    """The source file itself as its preview, when it is a PNG whose decoded pixels are its
+    stored samples (8-bit gray or RGB, no transparency), with only its picture chunks kept;
+    else None (the pixels are then PNG-encoded). Saves encoding a film a second time."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    kept, at = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while at + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind = data[at + 4 : at + 8]
+        end = at + 12 + length
+        if end > len(data):
+            return None
+        if kind == b"IHDR":
+            bit_depth, colour_type = data[at + 16], data[at + 17]
+            if bit_depth != 8 or colour_type not in (0, 2):  # 0 gray, 2 RGB
+                return None
+        elif kind in (b"tRNS", b"PLTE"):
+            return None  # transparency or a palette: the decoder changed the samples
+        if kind in PICTURE_CHUNKS:
+            kept.append(data[at:end])
+        if kind == b"IEND":
+            return b"".join(kept)
+        at = end
+    return None
 
 
 class Previews:
@@ -122,19 +157,23 @@ class Previews:
 
 
 def store_previews(store: CaseStore, items: list[dict]) -> None:
-    """Ingest hook: store the ``preview`` pixels of each decoded item, PNG-encoded here
-    (keyed on its task's id)."""
+    """Ingest hook: store each decoded item's ``preview``, the source PNG's picture chunks
+    (bytes) or its pixels PNG-encoded here, keyed on its task's id."""
     fresh = [i for i in items if "preview" in i and not i["task"].update]
     fixed = [i for i in items if "preview" in i and i["task"].update]
     previews = Previews(store)
     for batch, update in ((fresh, False), (fixed, True)):
         previews.put(
             [
-                Preview(i["task"].image_id, encode_preview(i["preview"]), *_size(i["metadata"]))
+                Preview(i["task"].image_id, _png(i["preview"]), *_size(i["metadata"]))
                 for i in batch
             ],
             update=update,
         )
+
+
+def _png(preview: bytes | np.ndarray) -> bytes:
+    return preview if isinstance(preview, bytes) else encode_preview(preview)
 
 
 def _size(metadata: dict) -> tuple[int, int]:
