@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -527,14 +527,19 @@ class LocalEngine:
     ) -> int:
         """Decode, embed and write the tasks batch by batch; returns the number of commits."""
         workers = options.workers if options.workers is not None else default_workers()
-        loader = DataLoader(
-            _FileDataset(tasks, encoder.preprocess_cfg, pseudonymize, views),
-            batch_size=options.batch_size,
-            num_workers=workers,
-            collate_fn=list,
-            pin_memory=encoder.device.type == "cuda",
-            # Workers must not fork a process that runs LanceDB's threads (it can deadlock).
-            multiprocessing_context=_worker_context() if workers > 0 else None,
+        dataset = _FileDataset(tasks, encoder.preprocess_cfg, pseudonymize, views)
+        loader: Iterable[list[dict]] = (
+            DataLoader(
+                dataset,
+                batch_size=options.batch_size,
+                num_workers=workers,
+                collate_fn=list,
+                pin_memory=encoder.device.type == "cuda",
+                # Workers must not fork a process that runs LanceDB's threads (deadlocks).
+                multiprocessing_context=_worker_context(),
+            )
+            if workers > 0
+            else _decoded_ahead(dataset, options.batch_size)
         )
         writer = BatchWriter(store, pseudonymize, options, report)
         bar = tqdm(total=len(tasks), desc="embedding", unit="img", disable=not options.progress)
@@ -544,6 +549,27 @@ class LocalEngine:
                 writer.write(items)
                 bar.update(len(items))
             return writer.finish()
+
+
+def _decoded_ahead(dataset: _FileDataset, batch_size: int) -> Iterator[list[dict]]:
+    """Batches of decoded items, the next one decoded on a thread while the caller embeds
+    this one: decoding (Pillow, NumPy) and the forward pass (torch) release the GIL, so
+    without worker processes they still overlap."""
+    starts = range(0, len(dataset), batch_size)
+
+    def load(start: int) -> list[dict]:
+        return [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="priorcase-decode")
+    try:
+        ahead = [pool.submit(load, start) for start in starts[:1]]
+        for start in starts[1:]:
+            ahead.append(pool.submit(load, start))
+            yield ahead.pop(0).result()
+        for future in ahead:
+            yield future.result()
+    finally:  # a failed write stops the ingest: decode nothing more
+        pool.shutdown(cancel_futures=True)
 
 
 def embed_items(items: list[dict], encoder: Encoder, batch_size: int) -> None:
