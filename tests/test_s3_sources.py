@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_object_storage as storage
 from fixtures import rows_by_id, write_dicom
-from test_object_storage import ACCESS, BUCKET, SECRET, s3_env, s3_server  # noqa: F401
+from test_object_storage import ACCESS, BUCKET, SECRET
 
 import priorcase
 from priorcase.cli import main
@@ -23,6 +24,8 @@ from priorcase.index.location import LibraryLocation
 from priorcase.ingest.sources import ObjectFile
 
 FILMS = [f"mdb{n:03d}" for n in (1, 2, 3, 4, 7, 8)]
+# the S3 server and AWS variables of test_object_storage (one server for this module)
+s3_server, s3_env = storage.s3_server, storage.s3_env
 NAME = "Doe_Jane"  # a patient's name, as PACS exports put it in folder names
 QUIET = {"progress": False, "workers": 0, "batch_size": 8}
 
@@ -125,8 +128,8 @@ def test_s3_prefix_ingests_like_the_local_folder(
 
 
 @pytest.mark.mias
-def test_s3_sources_into_an_s3_library(sources, local_rows, bundled, capsys) -> None:
-    folder, uri = sources
+def test_s3_sources_into_an_s3_library(sources, local_rows, bundled) -> None:
+    _, uri = sources
     db = f"s3://{BUCKET}/from-objects"
     one = f"s3://{BUCKET}/src/{FILMS[0]}.png"  # an object named on its own, and in its prefix
     pc = priorcase.open(db, encoder=bundled, notify=lambda m: None)

@@ -19,7 +19,7 @@ from priorcase.index.location import REMOTE_SCHEMES, LibraryLocation, redact, sh
 
 # Objects are read whole into memory: refuse one far larger than any single-frame film.
 MAX_OBJECT_BYTES = 1 << 30
-_CHUNK = 1 << 20
+_CHUNK = 8 << 20  # one ranged GET per chunk while hashing
 
 
 def is_object_uri(source: str | Path) -> bool:
@@ -97,7 +97,7 @@ class ObjectFile:
             raise ImageReadError(self, f"cannot read object: {short_reason(err)}") from None
 
     def sha256(self) -> str:
-        """Hex SHA-256 of the object's bytes, streamed in 1 MiB chunks (the dedup key)."""
+        """Hex SHA-256 of the object's bytes, streamed in 8 MiB chunks (the dedup key)."""
         digest = hashlib.sha256()
         try:
             with self._stream(size_check=False) as stream:
