@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_object_storage as storage
-from fixtures import rows_by_id, write_dicom
+from fixtures import assert_same_rows, rows_by_id, write_dicom
 from test_object_storage import ACCESS, BUCKET, SECRET
 
 import priorcase
@@ -69,16 +69,6 @@ def local_rows(sources, bundled, tmp_path_factory):
     return rows_by_id(db)
 
 
-def _same_rows(rows: dict[str, dict], expected: dict[str, dict]) -> None:
-    assert sorted(rows) == sorted(expected)
-    for row_id, row in rows.items():
-        theirs = expected[row_id]
-        assert {k: v for k, v in row.items() if k != "vector"} == {
-            k: v for k, v in theirs.items() if k != "vector"
-        }, row_id
-        np.testing.assert_allclose(row["vector"], theirs["vector"], rtol=1e-5, atol=1e-6)
-
-
 def _remote_rows(db: str) -> dict[str, dict]:
     table = LibraryLocation.parse(db).connect().open_table("cases").to_arrow()
     return {r["id"]: r for r in table.to_pylist()}
@@ -99,7 +89,7 @@ def test_s3_prefix_ingests_like_the_local_folder(
     assert main(args) == 0
     out = capsys.readouterr()
     rows = rows_by_id(db)
-    _same_rows(rows, local_rows)
+    assert_same_rows(rows, local_rows)
     assert set(rows) == {*FILMS, "scan-1", "1.2.826.0.1.99"}
     dicom = rows["scan-1"]
     assert (
@@ -136,7 +126,7 @@ def test_s3_sources_into_an_s3_library(sources, local_rows, bundled) -> None:
     report = pc.ingest([one, uri], **QUIET)
     assert report.stored_images == len(FILMS) + 2 and len(report.failures) == 1
     rows = _remote_rows(db)
-    _same_rows(rows, local_rows)
+    assert_same_rows(rows, local_rows)
     manifest = LibraryLocation.parse(db).file("priorcase-manifest.json").read_bytes()
     _no_name_in(rows, report.summary(), manifest.decode())
     assert pc.ingest(uri, **QUIET).stored == 0
@@ -188,6 +178,6 @@ def test_ray_workers_read_the_objects(sources, local_rows, bundled, tmp_path: Pa
         report = pc.ingest(uri, engine=RayEngine(workers=1), **QUIET)
         assert report.stored_images == len(FILMS) + 2 and len(report.failures) == 1
         assert report.failures[0].startswith(f"s3://{BUCKET}/src/broken.png: ")
-        _same_rows(rows_by_id(tmp_path / "db"), local_rows)
+        assert_same_rows(rows_by_id(tmp_path / "db"), local_rows)
     finally:
         ray.shutdown()
