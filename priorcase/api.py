@@ -74,7 +74,8 @@ class PriorCase:
 
     # ------------------------------------------------------------------ ingest
     def ingest(self, sources: Iterable[str | Path] | str | Path, **options) -> IngestReport:
-        """Add images (files or folders); options as :class:`IngestOptions` fields."""
+        """Add images (files, folders, or object-storage URIs such as ``s3://bucket/prefix/``);
+        options as :class:`IngestOptions` fields."""
         if isinstance(sources, (str, Path)):
             sources = [sources]
         return ingest(self.store, self.encoder, list(sources), IngestOptions(**options))

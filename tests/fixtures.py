@@ -132,6 +132,17 @@ def row_count(db: Path) -> int:
         return 0
 
 
+def assert_same_rows(rows: dict[str, dict], expected: dict[str, dict]) -> None:
+    """The same ids and columns, and vectors equal to float tolerance (rows by id)."""
+    assert sorted(rows) == sorted(expected)
+    for row_id, row in rows.items():
+        theirs = expected[row_id]
+        assert {k: v for k, v in row.items() if k != "vector"} == {
+            k: v for k, v in theirs.items() if k != "vector"
+        }, row_id
+        np.testing.assert_allclose(row["vector"], theirs["vector"], rtol=1e-4, atol=1e-5)
+
+
 def assert_unique(db: Path) -> pa.Table:
     """No duplicate ids or dedup keys in the table; returns the rows."""
     rows = table_rows(db)

@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fixtures import (
     OFFLINE_ENV,
+    assert_same_rows,
     assert_unique,
     breast_like,
     row_count,
@@ -98,14 +98,7 @@ def _same_report(a: IngestReport, b: IngestReport) -> None:
 
 
 def _same_rows(one: Path, other: Path) -> None:
-    first, second = rows_by_id(one), rows_by_id(other)
-    assert sorted(first) == sorted(second)
-    for row_id, row in first.items():
-        theirs = second[row_id]
-        assert {k: v for k, v in row.items() if k != "vector"} == {
-            k: v for k, v in theirs.items() if k != "vector"
-        }, row_id
-        np.testing.assert_allclose(row["vector"], theirs["vector"], rtol=1e-4, atol=1e-5)
+    assert_same_rows(rows_by_id(one), rows_by_id(other))
 
 
 def _ingest(db: Path, encoder, data: Path, **options) -> IngestReport:

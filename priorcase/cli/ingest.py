@@ -102,7 +102,11 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ingest and delete."""
     p = sub.add_parser("ingest", help="embed and store images")
-    p.add_argument("sources", nargs="+", help="image files or folders (recursive)")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        help="image files or folders (recursive), or s3:// objects or prefixes",
+    )
     with_db(p)
     p.add_argument("--labels", type=Path, help="labels CSV (file or id/image_id column)")
     p.add_argument("--findings", type=Path, help="findings CSV: image_id, x, y, radius, labels")

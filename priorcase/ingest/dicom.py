@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from pathlib import Path
@@ -34,15 +35,20 @@ _CODE = re.compile(r"[A-Z0-9 _]{1,16}")
 _COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"}
 
 
-def read_dicom(path: Path, pseudonymize: Pseudonymizer) -> LoadedImage:
+def read_dicom(
+    path: Path, pseudonymize: Pseudonymizer, source: Path | bytes | None = None
+) -> LoadedImage:
     """Decode a single-frame DICOM to uint8 pixels (HxW or HxWx3 RGB).
 
     Applies the modality LUT (rescale), then the VOI LUT / header window (min–max when the
     header has none), inverts MONOCHROME1 so bright always means dense, and scales to 8 bits.
     Raises :class:`ImageReadError` with a one-line reason for anything it cannot read.
+    ``source`` is the file's bytes when they were read already (an object from object
+    storage; ``path`` then only names it), else the file ``path`` is read.
     """
-    path = Path(path)
-    ds = _read_dataset(path)
+    if source is None:
+        path = source = Path(path)
+    ds = _read_dataset(path, source)
     frames = _int(ds.get("NumberOfFrames", 1), default=1)
     if frames > 1:
         raise ImageReadError(path, f"multi-frame DICOM ({frames} frames) is not supported")
@@ -76,9 +82,12 @@ def read_dicom(path: Path, pseudonymize: Pseudonymizer) -> LoadedImage:
     return LoadedImage(path=path, pixels=pixels, metadata=_metadata(ds), patient=patient)
 
 
-def _read_dataset(path: Path) -> Dataset:
+def _read_dataset(path: Path, source: Path | bytes) -> Dataset:
+    def opened():  # a fresh stream for each read
+        return io.BytesIO(source) if isinstance(source, bytes) else source
+
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(opened())
     except InvalidDicomError:
         pass  # no 128-byte preamble: may still be a raw (ACR-NEMA style) dataset
     except (OSError, EOFError) as exc:
@@ -88,7 +97,7 @@ def _read_dataset(path: Path) -> Dataset:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True)
+            ds = pydicom.dcmread(opened(), force=True)
         ok = "PixelData" in ds or "SOPClassUID" in ds
     except Exception:
         ok = False

@@ -32,6 +32,7 @@ from priorcase.ingest.columns import MAX_COLUMNS, check_names
 from priorcase.ingest.labels import PATIENT_COLUMN, LabelTable, read_findings, read_labels
 from priorcase.ingest.pseudonym import Pseudonymizer
 from priorcase.ingest.readers import (
+    SourceFile,
     check_regular_file,
     file_id,
     file_sha256,
@@ -39,6 +40,7 @@ from priorcase.ingest.readers import (
     read_image,
 )
 from priorcase.ingest.roi import crop_box, sample_normal_rois
+from priorcase.ingest.sources import ObjectFile, as_source
 from priorcase.ingest.thumbnails import make_thumbnail
 from priorcase.ingest.tiles import TILE_KIND, TileConfig, film_tiles, sizes_from_radii
 from priorcase.records import CaseRecord, Finding, IngestReport
@@ -81,7 +83,7 @@ class IngestOptions:
 
 @dataclass
 class _Task:
-    path: Path
+    path: SourceFile
     image_id: str
     content_hash: str
     labels: dict[str, str | None]
@@ -267,7 +269,7 @@ def _ingest(
         TileConfig.from_dict(manifest.tiles),
         options.findings is not None,
     )
-    sources = [Path(s) for s in sources]
+    sources = [as_source(s) for s in sources]  # object URIs stay URIs
     skipped: list[str] = []
     files = iter_image_files(sources, skipped, report.notes)
     report.failures += skipped
@@ -309,10 +311,11 @@ class Unreadable:
     line: str
 
 
-def hash_file(path: Path) -> str | Unreadable:
+def hash_file(path: SourceFile) -> str | Unreadable:
     """SHA-256 of a file's bytes (the content dedup key), or why it cannot be read."""
     try:
-        check_regular_file(path)  # never open a FIFO: it would block
+        if not isinstance(path, ObjectFile):
+            check_regular_file(path)  # never open a FIFO: it would block
         return file_sha256(path)
     except ImageReadError as err:
         return Unreadable(str(err))
@@ -325,8 +328,8 @@ class IngestEngine(Protocol):
     :func:`ingest` (:class:`LocalEngine`, or ``priorcase.ingest.ray_engine.RayEngine``)."""
 
     def hash_files(
-        self, files: list[Path], options: IngestOptions
-    ) -> dict[Path, str | Unreadable]: ...
+        self, files: list[SourceFile], options: IngestOptions
+    ) -> dict[SourceFile, str | Unreadable]: ...
 
     def embed_and_store(
         self,
@@ -378,8 +381,8 @@ def _working_manifest(
 def _plan(
     store: CaseStore,
     manifest: Manifest,
-    files: list[Path],
-    hashes: dict[Path, str | Unreadable],
+    files: list[SourceFile],
+    hashes: dict[SourceFile, str | Unreadable],
     labels: LabelTable | None,
     findings: dict[str, list[Finding]],
     options: IngestOptions,
@@ -445,7 +448,7 @@ def _plan(
     return tasks, label_updates
 
 
-def _clash(path: Path, image_id: str) -> str:
+def _clash(path: SourceFile, image_id: str) -> str:
     return (
         f"{path}: duplicate id {image_id!r}: a file with other content is stored under it; "
         "rename the file or give it an image_id in the labels CSV"
@@ -508,7 +511,9 @@ def _register_columns(
 class LocalEngine:
     """One process: files hashed in turn, decoded in DataLoader workers, embedded here."""
 
-    def hash_files(self, files: list[Path], options: IngestOptions) -> dict[Path, str | Unreadable]:
+    def hash_files(
+        self, files: list[SourceFile], options: IngestOptions
+    ) -> dict[SourceFile, str | Unreadable]:
         bar = tqdm(files, desc="hashing", unit="file", disable=not options.progress)
         return {path: hash_file(path) for path in bar}
 

@@ -4,7 +4,9 @@ The plan (hashes, dedup by content and id, labels) and the writes stay with the 
 as in one process (:func:`priorcase.ingest.pipeline.ingest`); Ray Data spreads the rest:
 
 * files are hashed and decoded (breast crop, ROIs, tiles) by CPU tasks, which read them from
-  paths every node sees (a shared file system);
+  paths every node sees (a shared file system), or read objects (``s3://``) from storage
+  themselves, into memory, with a filesystem built from the worker's own AWS variables
+  (:mod:`priorcase.ingest.sources`): the driver only lists the prefix;
 * films are embedded by an actor pool (``map_batches`` with a callable class), one model per
   worker, on ``num_gpus_per_worker`` GPUs or on CPUs;
 * the driver writes each embedded batch with the store's ``merge_insert`` on ``id``.
@@ -32,7 +34,6 @@ import socket
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -55,6 +56,7 @@ from priorcase.ingest.pipeline import (
     load_item,
 )
 from priorcase.ingest.pseudonym import SALT_ENV, Pseudonymizer, key_file
+from priorcase.ingest.readers import SourceFile
 from priorcase.records import IngestReport
 
 INSTALL_HINT = "pip install 'priorcase[ray]'"
@@ -93,7 +95,8 @@ def worker_pseudonymizer(db_dir: str, fingerprint: str) -> Pseudonymizer:
 
 
 def _hash_row(row: dict) -> dict:
-    return {"path": row["path"], "hash": pickle.dumps(hash_file(Path(row["path"])))}
+    """A CPU task: one file hashed where it lies (an object is read from storage here)."""
+    return {"n": row["n"], "hash": pickle.dumps(hash_file(pickle.loads(row["file"])))}
 
 
 def _decode_row(
@@ -190,17 +193,20 @@ class RayEngine:
         return workers, min(1.0, max(0.25, (cpus - 1) / workers))
 
     # -------------------------------------------------------------- the engine API
-    def hash_files(self, files: list[Path], options: IngestOptions) -> dict[Path, str | Unreadable]:
+    def hash_files(
+        self, files: list[SourceFile], options: IngestOptions
+    ) -> dict[SourceFile, str | Unreadable]:
         """Content hashes, computed by Ray tasks (each file read where it lies)."""
         if not files:
             return {}
         self._connect()
         self._context(options)
         rows = self._ray.data.from_items(
-            [{"path": str(p)} for p in files], override_num_blocks=_blocks(len(files), 64)
+            [{"n": n, "file": pickle.dumps(p)} for n, p in enumerate(files)],
+            override_num_blocks=_blocks(len(files), 64),
         )
-        hashed = {r["path"]: pickle.loads(r["hash"]) for r in _run(rows.map(_hash_row).iter_rows())}
-        return {path: hashed[str(path)] for path in files}
+        hashed = {r["n"]: pickle.loads(r["hash"]) for r in _run(rows.map(_hash_row).iter_rows())}
+        return {path: hashed[n] for n, path in enumerate(files)}
 
     def embed_and_store(
         self,

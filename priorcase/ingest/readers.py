@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import warnings
@@ -15,7 +16,11 @@ from PIL import Image, UnidentifiedImageError
 from priorcase.errors import ImageReadError
 from priorcase.ingest.dicom import MAX_PIXELS, read_dicom, scale_to_uint8
 from priorcase.ingest.pseudonym import Pseudonymizer
+from priorcase.ingest.sources import ObjectFile, is_object_uri, list_objects
 from priorcase.records import LoadedImage
+
+# A file to read: a local path, or an object on object storage (read whole into memory).
+SourceFile = Path | ObjectFile
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 PIL_SUFFIXES = frozenset(
@@ -40,29 +45,42 @@ _DICOM_MAGIC_OFFSET = 128
 _HASH_CHUNK = 1 << 20
 
 
-def is_dicom_file(path: Path) -> bool:
-    """True when the file carries the ``DICM`` magic after the 128-byte preamble."""
+def is_dicom_file(path: Path | bytes) -> bool:
+    """True when the file (or its bytes) carries the ``DICM`` magic after the 128-byte
+    preamble."""
+    end = _DICOM_MAGIC_OFFSET + 4
+    return _head(path, end)[_DICOM_MAGIC_OFFSET:end] == b"DICM"
+
+
+def _head(source: Path | bytes, size: int) -> bytes:
+    if isinstance(source, bytes):
+        return source[:size]
     try:
-        with open(path, "rb") as fh:
-            fh.seek(_DICOM_MAGIC_OFFSET)
-            return fh.read(4) == b"DICM"
+        with open(source, "rb") as fh:
+            return fh.read(size)
     except OSError:
-        return False
+        return b""
 
 
-def read_image(path: Path, pseudonymize: Pseudonymizer) -> LoadedImage:
+def read_image(path: SourceFile, pseudonymize: Pseudonymizer) -> LoadedImage:
     """Decode one file to a :class:`LoadedImage` (uint8, HxW gray or HxWx3 RGB).
 
     DICOM is recognised by extension or by its magic bytes, so extensionless files work.
+    An object on object storage is read into memory, never onto local disk.
     Every failure raises :class:`ImageReadError` naming the file and a short reason.
     """
-    path = Path(path)
-    size = check_regular_file(path)
+    source: Path | bytes
+    if isinstance(path, ObjectFile):
+        source = path.read_bytes()
+        size = len(source)
+    else:
+        path = source = Path(path)
+        size = check_regular_file(path)
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
-    if path.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(path):
-        return read_dicom(path, pseudonymize)
-    return LoadedImage(path=path, pixels=_read_pil(path), metadata={}, patient=None)
+    if path.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(source):
+        return read_dicom(path, pseudonymize, source)
+    return LoadedImage(path=path, pixels=_read_pil(path, source), metadata={}, patient=None)
 
 
 def check_regular_file(path: Path) -> int:
@@ -94,13 +112,15 @@ def check_regular_file(path: Path) -> int:
     return info.st_size
 
 
-def _read_pil(path: Path) -> np.ndarray:
+def _read_pil(path: SourceFile, source: Path | bytes | None = None) -> np.ndarray:
+    source = path if source is None else source  # type: ignore[assignment]
     try:
         with warnings.catch_warnings():
             # Pillow's DecompressionBombWarning and TIFF tag warnings are noise here;
             # the size is checked against MAX_PIXELS before decoding.
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+            opened = io.BytesIO(source) if isinstance(source, bytes) else source
+            with Image.open(opened) as img:
                 width, height = img.size
                 if width * height > MAX_PIXELS:
                     raise ImageReadError(
@@ -120,7 +140,7 @@ def _read_pil(path: Path) -> np.ndarray:
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        kind = _signature(path)
+        kind = _signature(source)
         if kind is not None:
             raise ImageReadError(
                 path, f"truncated or corrupt {kind}: its header is cut short or damaged"
@@ -136,12 +156,8 @@ def _read_pil(path: Path) -> np.ndarray:
         raise ImageReadError(path, f"truncated or corrupt image: {_first_line(exc)}") from None
 
 
-def _signature(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError:
-        return None
+def _signature(source: Path | bytes) -> str | None:
+    head = _head(source, 8)
     return next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
 
 
@@ -171,16 +187,16 @@ def _minmax_uint8(arr: np.ndarray) -> np.ndarray:
     return scale_to_uint8(arr, None, None)
 
 
-def file_id(path: Path) -> str:
+def file_id(path: SourceFile) -> str:
     """A file's case id: its name without an image extension (``mdb001.png`` -> ``mdb001``),
     else its whole name, so DICOM files named by UID (``1.2.3.1001``) keep distinct ids."""
-    path = Path(path)
+    path = path if isinstance(path, ObjectFile) else Path(path)
     return path.stem if path.suffix.lower() in SUPPORTED_SUFFIXES else path.name
 
 
 def iter_image_files(
-    paths: Iterable[Path], skipped: list[str] | None = None, ignored: list[str] | None = None
-) -> list[Path]:
+    paths: Iterable[str | Path], skipped: list[str] | None = None, ignored: list[str] | None = None
+) -> list[SourceFile]:
     """Expand files and folders into a de-duplicated list of candidate image files.
 
     Folders are walked recursively in sorted order, skipping hidden files/folders and
@@ -189,18 +205,23 @@ def iter_image_files(
     explicitly are kept as given, so a bad one is reported rather than silently dropped.
     Found in a folder, dangling links and non-regular files (FIFOs, sockets) are never
     opened; they go to ``skipped`` (one line each), and a count of the other files left
-    out goes to ``ignored``.
+    out goes to ``ignored``. An object-storage URI (``s3://bucket/prefix``) is a folder
+    when objects lie under it (same rules; a prefix that cannot be listed is one line in
+    ``skipped``), else one object.
     """
-    seen: set[Path] = set()
-    out: list[Path] = []
+    seen: set[SourceFile] = set()
+    out: list[SourceFile] = []
     other: dict[str, int] = {}
 
-    def add(p: Path) -> None:
+    def add(p: SourceFile) -> None:
         if p not in seen:
             seen.add(p)
             out.append(p)
 
     for raw in paths:
+        if is_object_uri(raw):
+            _add_objects(str(raw), add, other, skipped)
+            continue
         root = Path(raw)
         if not root.is_dir():
             add(root)
@@ -232,13 +253,38 @@ def iter_image_files(
     return out
 
 
+def _add_objects(uri: str, add, other: dict[str, int], skipped: list[str] | None) -> None:
+    """The objects under a prefix, by the folder rules of :func:`iter_image_files`."""
+    try:
+        listed = list_objects(uri)
+    except ImageReadError as err:
+        if skipped is not None:
+            skipped.append(str(err))
+        return
+    if listed is None:  # one object named explicitly: kept, so a bad one is reported
+        add(ObjectFile(uri))
+        return
+    for rel, obj in listed:
+        if any(part.startswith(".") for part in rel):
+            continue
+        suffix = obj.suffix.lower()
+        if suffix in SUPPORTED_SUFFIXES or (
+            _maybe_dicom_name(suffix) and is_dicom_file(obj.head(_DICOM_MAGIC_OFFSET + 4))
+        ):
+            add(obj)
+        else:
+            other[suffix or "(no suffix)"] = other.get(suffix or "(no suffix)", 0) + 1
+
+
 def _maybe_dicom_name(suffix: str) -> bool:
     # No suffix, or a numeric one from a UID-style name like "1.2.840.113619.2.55.3".
     return suffix == "" or suffix[1:].isdigit()
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: SourceFile) -> str:
     """Hex SHA-256 of the file's bytes, read in 1 MiB chunks."""
+    if isinstance(path, ObjectFile):
+        return path.sha256()
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_HASH_CHUNK):
