@@ -14,13 +14,15 @@ class LoadedImage:
 
     ``pixels`` is uint8, HxW (grayscale) or HxWx3 (RGB), after DICOM modality/VOI LUT and
     MONOCHROME1 inversion. ``metadata`` never holds patient identifiers; ``patient`` is a
-    salted pseudonym (DICOM PatientID) or None.
+    salted pseudonym (DICOM PatientID) or None. ``encoded`` holds the file's bytes where
+    they were read into memory (an object on object storage), else None.
     """
 
     path: Path
     pixels: np.ndarray
     metadata: dict[str, str] = field(default_factory=dict)
     patient: str | None = None
+    encoded: bytes | None = field(default=None, repr=False)
 
 
 @dataclass

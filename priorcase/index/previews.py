@@ -164,10 +164,7 @@ def store_previews(store: CaseStore, items: list[dict]) -> None:
     previews = Previews(store)
     for batch, update in ((fresh, False), (fixed, True)):
         previews.put(
-            [
-                Preview(i["task"].image_id, _png(i["preview"]), *_size(i["metadata"]))
-                for i in batch
-            ],
+            [Preview(i["task"].image_id, _png(i["preview"]), *_size(i["metadata"])) for i in batch],
             update=update,
         )
 

@@ -43,7 +43,7 @@ from priorcase.ingest.roi import crop_box, sample_normal_rois
 from priorcase.ingest.sources import ObjectFile, as_source
 from priorcase.ingest.thumbnails import make_thumbnail
 from priorcase.ingest.tiles import TILE_KIND, TileConfig, film_tiles, sizes_from_radii
-from priorcase.records import CaseRecord, Finding, IngestReport
+from priorcase.records import CaseRecord, Finding, IngestReport, LoadedImage
 
 ROI_TYPE = "roi_type"  # label set on every ROI row: "lesion" or "normal"
 DEFAULT_NORMAL_RADIUS = 48  # when the findings give no radii to match
@@ -177,7 +177,7 @@ def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer, views: _Views) -
         # full resolution for the viewer: a PNG source as it is (its picture chunks), else
         # the pixels, PNG-encoded by the writer thread (37 ms a 1024² film, on the cores
         # the forward pass needs)
-        "preview": _source_preview(task.path) or pixels,
+        "preview": _source_preview(image) or pixels,
         "metadata": metadata,
         "patient": image.patient,
         "rois": roi_items,
@@ -186,10 +186,11 @@ def _load(task: _Task, preprocess, pseudonymize: Pseudonymizer, views: _Views) -
     }
 
 
-def _source_preview(path: Path) -> bytes | None:
-    if path.suffix.lower() != ".png":
+def _source_preview(image: LoadedImage) -> bytes | None:
+    if image.path.suffix.lower() != ".png":
         return None
-    return source_png_preview(path.read_bytes())
+    data = image.encoded if image.encoded is not None else Path(image.path).read_bytes()
+    return source_png_preview(data)
 
 
 def _view_crop(view: BreastView, box: tuple[int, int, int, int]) -> tuple[np.ndarray, tuple]:

@@ -80,7 +80,9 @@ def read_image(path: SourceFile, pseudonymize: Pseudonymizer) -> LoadedImage:
         raise ImageReadError(path, "empty file (0 bytes)")
     if path.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(source):
         return read_dicom(path, pseudonymize, source)
-    return LoadedImage(path=path, pixels=_read_pil(path, source), metadata={}, patient=None)
+    pixels = _read_pil(path, source)
+    encoded = source if isinstance(source, bytes) else None
+    return LoadedImage(path=path, pixels=pixels, metadata={}, patient=None, encoded=encoded)
 
 
 def check_regular_file(path: Path) -> int:
