@@ -148,18 +148,16 @@ class ScaledSearcher:
             self.notify = notify
 
     def routes(self) -> bool:
-        """Whether single queries go this way: a scaled backend was asked for, or ``auto``
-        chose one (small libraries stay on the exact path of :class:`Searcher`)."""
+        """Whether image queries go this way: a scaled backend or ``auto`` (whatever it
+        picks, exact included: filters as cached row masks, hits from memory) was asked for;
+        the snapshot backends (exact, faiss, hnsw) stay with :class:`Searcher`."""
         if self.backend in SCALE_BACKENDS:
             return True
         table = self.store.table if self.backend == "auto" else None
         if table is None:
             return False
         self._pin(table)  # search() right after reuses this checkout
-        routed = self.choose().backend != "exact"
-        if not routed:
-            self._pin(None)
-        return routed
+        return True
 
     def release(self) -> None:
         """Drop the checkout ``routes()`` made, when no search follows it."""

@@ -89,7 +89,7 @@ class Searcher:
     def _search_scaled(self, vectors, k, kind, where, groups, exclude_ids):
         """The scaled searcher's batched path, on the table version ``routes()`` checked out."""
         try:
-            sql = parse_where(where, self.store.filterable_columns()) if where else None
+            sql = parse_where(where, self.store.filterable_columns()) if where is not None else None
         except QueryError:
             self.scaled.release()
             raise
