@@ -102,7 +102,8 @@ def test_choose_follows_thresholds_and_budget() -> None:
     assert choose(50_000, 512, memory_budget_mb=10_000, thresholds=t).backend == "faiss-ann"
     assert choose(50_000, 512, memory_budget_mb=10, thresholds=t).backend == "lance"
     assert choose(500_000, 512, memory_budget_mb=1e6, thresholds=t).backend == "lance"
-    assert choose(500, 512, remote=True, thresholds=t).backend == "lance"
+    assert choose(500, 512, remote=True, thresholds=t).backend == "exact"  # read once
+    assert choose(5000, 512, remote=True, memory_budget_mb=1e6, thresholds=t).backend == "lance"
     assert plan_index(1_000_000, 512, 1e6).kind == "hnsw"
     assert plan_index(1_000_000, 512, 2100).kind == "ivf_flat"
     assert plan_index(1_000_000, 512, 500).kind == "ivf_pq"

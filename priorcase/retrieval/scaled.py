@@ -56,10 +56,12 @@ def choose(
     the vectors fit the budget and open fast enough, LanceDB's index beyond (or on object
     storage, where loading the table whole is what must be avoided)."""
     t = thresholds or load_thresholds()
+    if n <= t["exact_max_rows"]:
+        if remote:  # read once per table version, then no request per query for vectors
+            return Choice("exact", f"{n} rows on object storage, read once and kept in memory")
+        return Choice("exact", f"{n} rows <= {t['exact_max_rows']}: a flat scan is fast enough")
     if remote:
         return Choice("lance", "library on object storage")
-    if n <= t["exact_max_rows"]:
-        return Choice("exact", f"{n} rows <= {t['exact_max_rows']}: a flat scan is fast enough")
     budget = default_budget_mb() if memory_budget_mb is None else memory_budget_mb
     need_mb = n * dim * 4 * 1.3 / 2**20
     if need_mb > budget:
@@ -235,8 +237,13 @@ class ScaledSearcher:
             state = self.state()  # read once per table version, so remote costs no request
             remote = self.store.location.is_remote
             choice = choose(state.rows, state.dim, remote, self.memory_budget_mb)
-        # small libraries (exact) stay silent, as before; `priorcase index` always says which
-        if choice != self.chosen and self.notify is not None and choice.backend != "exact":
+        # small local libraries (exact) stay silent; `priorcase index` always says which
+        remote = self.store.location.is_remote
+        if (
+            choice != self.chosen
+            and self.notify is not None
+            and (choice.backend != "exact" or remote)
+        ):
             self.notify(f"search backend: {choice.backend} ({choice.reason})")
         self.chosen = choice
         return choice
