@@ -210,3 +210,22 @@ def test_other_precision_with_different_probe_is_refused(tiny_clip, tmp_path: Pa
     with pytest.raises(EncoderMismatchError):  # nor can it add vectors
         priorcase.open(db, encoder=tiny_clip).ingest(tmp_path / "images", progress=False)
     assert row_count(db) == before
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (120, 400), (64, 64, 3), (90, 50, 3)])
+def test_grey_preprocessing_equals_preprocessing_its_rgb_copy(shape: tuple[int, ...]) -> None:
+    """Grey films are resized as one plane: the tensor must equal the RGB-copy route exactly
+    (vectors of existing libraries would otherwise change)."""
+    from priorcase.encoders.preprocess import PreprocessConfig, letterbox, to_rgb_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, shape, np.uint8)
+    clip_like = PreprocessConfig(224, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))  # unequal channels
+    cfg = clip_like if len(shape) == 2 else LITE0_PREPROCESS
+    rgb = np.asarray(letterbox(to_rgb_image(pixels), cfg.image_size), np.float32)
+    assert letterbox(Image.fromarray(pixels), 20).mode == Image.fromarray(pixels).mode
+    want = (rgb - np.float32(255) * np.asarray(cfg.mean, np.float32)) / (
+        np.float32(255) * np.asarray(cfg.std, np.float32)
+    )
+    got = preprocess_pixels(pixels, cfg).numpy().transpose(1, 2, 0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert got.shape == (cfg.image_size, cfg.image_size, 3)

@@ -34,20 +34,26 @@ def to_rgb_image(pixels: np.ndarray) -> Image.Image:
 
 
 def letterbox(image: Image.Image, size: int) -> Image.Image:
-    """Scale the longer side to ``size`` and pad the rest with black, keeping aspect ratio."""
+    """Scale the longer side to ``size`` and pad the rest with black, keeping aspect ratio
+    (and the image's mode)."""
     w, h = image.size
     scale = size / max(w, h)
     resized = image.resize(
         (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC
     )
-    canvas = Image.new("RGB", (size, size))
+    canvas = Image.new(image.mode, (size, size))
     canvas.paste(resized, ((size - resized.width) // 2, (size - resized.height) // 2))
     return canvas
 
 
 def preprocess_pixels(pixels: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor:
     """uint8 pixels -> normalised float tensor (3, size, size), exactly as the encoder sees them."""
-    square = np.asarray(letterbox(to_rgb_image(pixels), cfg.image_size), dtype=np.float32)
+    # grey is resized as one plane and spread to three channels by the normalisation's
+    # broadcast: the same numbers as resizing its RGB copy, in a third of the work
+    image = Image.fromarray(pixels, mode="L") if pixels.ndim == 2 else to_rgb_image(pixels)
+    square = np.asarray(letterbox(image, cfg.image_size), dtype=np.float32)
+    if square.ndim == 2:
+        square = square[..., None]
     # NumPy, not torchvision's to_tensor + normalize: on a busy CPU torch's thread pool made
     # these small per-image ops 3-17x slower than the arithmetic (tiles make ~30 per film)
     mean = np.asarray(cfg.mean, np.float32) * 255
