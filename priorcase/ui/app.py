@@ -51,6 +51,7 @@ CONCURRENCY_LIMIT = 4
 DELETE_CACHE = (300, 300)  # every 5 minutes, delete Gradio's files older than 5 minutes
 MAX_ID_CHOICES = 5000
 MAX_PAGE = 50  # results per page; "next page" goes beyond
+REFRESH_S = 2.0  # how often the classification panel looks for heads fitted in the background
 CSS = (
     VIEWER_CSS
     + """
@@ -313,6 +314,8 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                         elem_id="class-column",
                     )
                     classify_button = gr.Button("Classify current query", elem_id="classify")
+                # while heads are fitted or evaluated in the background, the panel refreshes
+                refresh = gr.Timer(REFRESH_S, active=False)
                 method_outputs: list[Any] = [
                     gr.Markdown(
                         "_No image query: the panel is empty._", elem_id="classify-headline"
@@ -511,17 +514,26 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
             return [gr.update()] * len(query_outputs)
 
         def on_classify(query, column_, kind_, exclude_):
+            """The panel at once: heads not yet fitted say so, and the timer polls for them."""
+            idle = gr.Timer(active=False)
             if query is None:
                 message = "_No image query: the panel is empty._"
-                return [*panel_outputs(None, None, message=message), None]
+                return [*panel_outputs(None, None, message=message), None, idle]
             if not column_:
                 message = "_This library has no label with two or more classes._"
-                return [*panel_outputs(None, None, message=message), None]
+                return [*panel_outputs(None, None, message=message), None, idle]
             try:
-                result = actions.classify(query, column_, kind_, exclude_)
+                result = actions.classify(query, column_, kind_, exclude_, wait=False)
             except Exception as err:
-                return [*panel_outputs(None, None, message=_error(_message(err))), None]
-            return [*panel_outputs(result, query.name), result]
+                return [*panel_outputs(None, None, message=_error(_message(err))), None, idle]
+            kind_arg = actions.kind_arg(kind_) or "image"
+            pending = actions.classifier.pending(column_, kind_arg)
+            waiting = bool(pending) or (
+                any(p.evaluated is None for p in result.predictions)
+                and actions.classifier.busy(column_, kind_arg)
+            )
+            out = panel_outputs(result, query.name, pending=pending)
+            return [*out, result, gr.Timer(active=waiting)]
 
         def on_map(column_, kind_, query):
             try:
@@ -564,7 +576,7 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
             page_info, export_files,
         ]  # fmt: skip
         classify_inputs = [query_state, column, kind, exclude]
-        classify_outputs = [*method_outputs, classify_state]
+        classify_outputs = [*method_outputs, classify_state, refresh]
         map_inputs = [colour, map_kind, query_state]
         region_outputs = [region.state, region.canvas, region.box_text]
 
@@ -601,6 +613,7 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                      [export_files, status])  # fmt: skip
         kind.change(on_kind, kind, filters)
         classify_button.click(on_classify, classify_inputs, classify_outputs)
+        refresh.tick(on_classify, classify_inputs, classify_outputs, show_progress="hidden")
         column.change(on_classify, classify_inputs, classify_outputs)
         colour.change(on_map, map_inputs, plot)
         map_kind.change(on_map, map_inputs, plot)

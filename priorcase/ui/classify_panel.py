@@ -6,6 +6,10 @@ Python API and the UI); this module only adapts them to the page: a headline nam
 calibrated probabilities with the conformal prediction set, its cross-validated AUC and
 accuracy on this library (computed once per table version in a background thread), and a
 flag when its output is just the library's class prior.
+
+Nothing slow runs in the request: a head not yet fitted on this table version is fitted in a
+background thread (saved heads are loaded from disk there) and the panel says so; the page
+polls until every head has answered and the figures are in (see ``busy``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import html
 import logging
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -38,7 +43,7 @@ class ClassifyPanel:
     def __init__(self, pc: PriorCase, k: int = KNN_K) -> None:
         self.pc = pc
         self.k = k
-        self._evaluating: set[tuple] = set()
+        self._threads: dict[tuple, threading.Thread] = {}
         self._lock = threading.Lock()
 
     def columns(self, kind: str | None = "image") -> list[str]:
@@ -63,18 +68,55 @@ class ClassifyPanel:
         methods: tuple[str, ...] = DEFAULT_METHODS,
         exclude_group: str | None = None,
         query_id: str | None = None,
+        wait: bool = True,
     ) -> Classification:
-        """Every method's answer (or abstention, or error) for one query."""
-        self.evaluate_in_background(column, kind or "image", methods)
+        """Every method's answer (or abstention, or error) for one query. With ``wait=False``
+        the methods not yet fitted are left out (see :meth:`pending`) and fitted in the
+        background."""
+        kind = kind or "image"
+        self.evaluate_in_background(column, kind, methods)
+        if not wait:
+            self.fit_in_background(column, kind, methods)
+            methods = tuple(m for m in methods if m not in self.pending(column, kind, methods))
         return self.pc.classifiers.classify(
-            vector,
-            column,
-            tuple(methods),
-            kind or "image",
-            KnnOptions(k=self.k),
-            exclude_group,
-            query_id,
+            vector, column, tuple(methods), kind, KnnOptions(k=self.k), exclude_group, query_id
         )
+
+    def pending(
+        self, column: str, kind: str = "image", methods: tuple[str, ...] = DEFAULT_METHODS
+    ) -> tuple[str, ...]:
+        """The methods whose head is not yet fitted (in memory) on this table version."""
+        knn = KnnOptions(k=self.k)
+        ready = self.pc.classifiers.ready
+        return tuple(m for m in methods if not ready(m, column, kind or "image", knn))
+
+    def busy(
+        self, column: str, kind: str = "image", methods: tuple[str, ...] = DEFAULT_METHODS
+    ) -> bool:
+        """Whether a background fit or cross-validation for ``column`` is still running."""
+        version = self.pc.store.version
+        with self._lock:
+            return any(
+                t.is_alive() for k, t in self._threads.items() if k[1:4] == (version, column, kind)
+            )
+
+    def fit_in_background(
+        self, column: str, kind: str = "image", methods: tuple[str, ...] = DEFAULT_METHODS
+    ) -> threading.Thread | None:
+        """Start fitting (or loading the saved) heads of ``methods`` not yet in memory."""
+        missing = self.pending(column, kind, methods)
+        if not missing:
+            return None
+        knn = KnnOptions(k=self.k)
+
+        def run() -> None:
+            for method in missing:  # kNN first: it is the quickest and names the neighbours
+                try:
+                    self.pc.classifiers.fitted(method, column, kind, knn)
+                except Exception:  # the request that asks for it again reports the error
+                    log.exception("background fit of %s failed", method)
+
+        return self._start("fit", column, kind, missing, run)
 
     def evaluate_in_background(
         self, column: str, kind: str = "image", methods: tuple[str, ...] = DEFAULT_METHODS
@@ -82,11 +124,6 @@ class ClassifyPanel:
         """Start cross-validating ``methods`` on this table version unless done or running."""
         if all(m in self.pc.classifiers.evaluated(column, kind) for m in methods):
             return None
-        key = (self.pc.store.version, column, kind, tuple(methods))
-        with self._lock:
-            if key in self._evaluating:
-                return None
-            self._evaluating.add(key)
 
         def run() -> None:
             try:
@@ -94,7 +131,18 @@ class ClassifyPanel:
             except Exception:  # the panel then says the figures are unavailable
                 log.exception("background cross-validation failed")
 
-        thread = threading.Thread(target=run, daemon=True)
+        return self._start("evaluate", column, kind, tuple(methods), run)
+
+    def _start(
+        self, job: str, column: str, kind: str, methods: tuple, run: Callable[[], None]
+    ) -> threading.Thread | None:
+        """One thread per job, table version, label, kind and methods (None: already running)."""
+        key = (job, self.pc.store.version, column, kind, methods)
+        with self._lock:
+            if key in self._threads:
+                return None
+            thread = threading.Thread(target=run, daemon=True, name=f"priorcase-{job}")
+            self._threads[key] = thread
         thread.start()
         return thread
 
@@ -123,13 +171,24 @@ def split_bar(prediction: MethodPrediction) -> str:
 
 
 def _figures(prediction: MethodPrediction) -> str:
-    e = prediction.evaluated
+    return f"_{figures_line(prediction.evaluated)}_"
+
+
+def figures_line(e: dict | None) -> str:
+    """ "Cross-validated on this library: AUC …, accuracy … (n=…)", naming a sample if one."""
     if not e:
-        return "_Cross-validated figures on this library: being computed in the background._"
+        return "Cross-validated figures on this library: evaluating… (in the background)."
     auc = "n/a" if e.get("auc") is None else f"{e['auc']:.3f}"
-    return (
-        f"_Cross-validated on this library: AUC {auc}, accuracy {e['accuracy']:.3f} (n={e['n']})._"
-    )
+    n = f"n={e['n']}"
+    if e.get("of"):
+        n += f", a stratified, patient-grouped sample of the library's {e['of']} cases"
+    return f"Cross-validated on this library: AUC {auc}, accuracy {e['accuracy']:.3f} ({n})."
+
+
+PENDING = (
+    "<span class='pc-pending'>Fitting this method on the library (first use of this library "
+    "version); its answer appears here when ready.</span>"
+)
 
 
 def panel_outputs(
@@ -137,9 +196,11 @@ def panel_outputs(
     query_name: str | None,
     methods: tuple[str, ...] = DEFAULT_METHODS,
     message: str | None = None,
+    pending: tuple[str, ...] = (),
 ) -> list[str]:
     """Values for [headline, (bar, explanation) per method]; empty with ``message`` when there
-    is no answer (no query, a failed query, a text search)."""
+    is no answer (no query, a failed query, a text search); ``pending`` methods say they are
+    being fitted."""
     if result is None:
         return [message or "_No image query: the panel is empty._"] + ["", ""] * len(methods)
     name = html.escape(query_name or "query")
@@ -164,7 +225,7 @@ def panel_outputs(
     for method in methods:
         p = by_method.get(method)
         if p is None:
-            out += ["", ""]
+            out += ["", PENDING if method in pending else ""]
         elif p.error:
             out += ["", f"<span class='pc-error'>⚠ {html.escape(p.error)}</span>"]
         elif result.abstain:
