@@ -103,3 +103,14 @@ def test_heads_fit_in_background_once_and_are_reused(big, monkeypatch):
     assert list((pc.store.db_dir / "classifiers").glob("*.joblib")) == saved
     assert again.classifiers.evaluated(COLUMN) == figures
     assert set(figures) == set(METHODS)
+
+
+def test_panel_says_which_methods_are_still_being_fitted():
+    from priorcase.library import Classification
+    from priorcase.ui.classify_panel import PENDING, panel_outputs
+
+    out = panel_outputs(Classification(COLUMN, []), "case 7", METHODS, pending=METHODS)
+    assert out[0].startswith("### Fitting the classifiers") and "case 7" in out[0]
+    assert out[2] == PENDING and out[4] == PENDING
+    done = panel_outputs(Classification(COLUMN, []), "case 7", METHODS)
+    assert PENDING not in done and not done[0].startswith("### Fitting")

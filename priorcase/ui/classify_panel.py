@@ -205,8 +205,15 @@ def panel_outputs(
         return [message or "_No image query: the panel is empty._"] + ["", ""] * len(methods)
     name = html.escape(query_name or "query")
     headline = result.headline()
+    waiting = pending and not any(p.probabilities for p in result.predictions)
     if result.abstain:
         head = f"### No close reference in the library\nQuery **{name}**: {result.abstain_reason}"
+    elif waiting:
+        head = (
+            f"### Fitting the classifiers on this library…\nQuery **{name}** ({result.label}): "
+            "each method's answer appears below when it is ready (first use of this library "
+            "version)."
+        )
     elif headline == "Uncertain":
         head = (
             f"### Uncertain\nQuery **{name}** ({result.label}): the methods' prediction sets hold "
