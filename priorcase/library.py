@@ -111,7 +111,8 @@ class MethodPrediction:
 
     ``prediction_set`` is the split-conformal set at level ``1 - alpha``; ``prior_like`` says
     the probabilities equal the library's class prior (the image told the head nothing);
-    ``evaluated`` holds the method's cross-validated AUC / accuracy / n on this library.
+    ``evaluated`` holds the method's cross-validated AUC / accuracy / n on this library (and
+    ``of``, the library's labelled cases, when those n were a sample of them).
     """
 
     method: str
