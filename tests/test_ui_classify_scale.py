@@ -114,3 +114,15 @@ def test_panel_says_which_methods_are_still_being_fitted():
     assert out[2] == PENDING and out[4] == PENDING
     done = panel_outputs(Classification(COLUMN, []), "case 7", METHODS)
     assert PENDING not in done and not done[0].startswith("### Fitting")
+
+
+def test_panel_says_why_a_method_has_no_figures():
+    from priorcase.library import Classification, MethodPrediction
+    from priorcase.ui.classify_panel import panel_outputs
+
+    knn = MethodPrediction("knn", probabilities={"a": 0.7, "b": 0.3}, prediction_set=["a"])
+    why = {"knn": "cannot cross-validate: the rarest label occurs in 1 group(s); need 2"}
+    out = panel_outputs(Classification(COLUMN, [knn]), "q", ("knn",), unavailable=why)
+    assert "No cross-validated figures on this library: cannot cross-validate" in out[2]
+    assert "evaluating" not in out[2]
+    assert "evaluating" in panel_outputs(Classification(COLUMN, [knn]), "q", ("knn",))[2]

@@ -580,7 +580,8 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                 any(p.evaluated is None for p in result.predictions)
                 and actions.classifier.busy(column_, kind_arg)
             )
-            out = panel_outputs(result, query.name, pending=pending)
+            why = actions.classifier.unavailable(column_, kind_arg)
+            out = panel_outputs(result, query.name, pending=pending, unavailable=why)
             return [*out, result, gr.Timer(active=waiting)]
 
         def on_map(column_, kind_, query):

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from priorcase.api import PriorCase
+from priorcase.errors import PriorcaseError
 from priorcase.ingest.pipeline import ROI_TYPE
 from priorcase.library import Classification, KnnOptions, MethodPrediction
 
@@ -47,6 +48,8 @@ class ClassifyPanel:
         self.pc = pc
         self.k = k
         self._threads: dict[tuple, threading.Thread] = {}
+        # (job, table version, label, kind, method) -> why a background job failed
+        self._failed: dict[tuple, str] = {}
         self._lock = threading.Lock()
 
     def columns(self, kind: str | None = "image") -> list[str]:
@@ -90,8 +93,16 @@ class ClassifyPanel:
     ) -> tuple[str, ...]:
         """The methods whose head is not yet fitted (in memory) on this table version."""
         knn = KnnOptions(k=self.k)
-        ready = self.pc.classifiers.ready
-        return tuple(m for m in methods if not ready(m, column, kind or "image", knn))
+        ready, kind = self.pc.classifiers.ready, kind or "image"
+        here = ("fit", self.pc.store.version, column, kind)
+        failed = {k[4] for k in self._failed if k[:4] == here}
+        # a failed fit is not pending: the request fits it again and reports the error
+        return tuple(m for m in methods if not ready(m, column, kind, knn) and m not in failed)
+
+    def unavailable(self, column: str, kind: str = "image") -> dict[str, str]:
+        """Methods whose cross-validated figures could not be computed, and why."""
+        here = ("evaluate", self.pc.store.version, column, kind)
+        return {k[4]: why for k, why in self._failed.items() if k[:4] == here}
 
     def busy(
         self, column: str, kind: str = "image", methods: tuple[str, ...] = DEFAULT_METHODS
@@ -111,13 +122,15 @@ class ClassifyPanel:
         if not missing:
             return None
         knn = KnnOptions(k=self.k)
+        version = self.pc.store.version
 
         def run() -> None:
             for method in missing:  # kNN first: it is the quickest and names the neighbours
                 try:
                     self.pc.classifiers.fitted(method, column, kind, knn)
-                except Exception:  # the request that asks for it again reports the error
-                    log.exception("background fit of %s failed", method)
+                except Exception as err:  # the request that asks for it again reports it
+                    self._failed[("fit", version, column, kind, method)] = str(err)
+                    log.warning("background fit of %s failed: %s", method, err)
 
         return self._start("fit", column, kind, missing, run)
 
@@ -128,11 +141,18 @@ class ClassifyPanel:
         if all(m in self.pc.classifiers.evaluated(column, kind) for m in methods):
             return None
 
+        version = self.pc.store.version
+
         def run() -> None:
             for method in methods:  # one at a time: the quick ones' figures show first
+                key = ("evaluate", version, column, kind, method)
                 try:
                     self.pc.classifiers.evaluate(column, (method,), kind)
-                except Exception:  # the panel then says the figures are unavailable
+                except (PriorcaseError, ValueError) as err:  # e.g. too few patients
+                    self._failed[key] = str(err)
+                    log.warning("cross-validation of %s on this library: %s", method, err)
+                except Exception:
+                    self._failed[key] = "the computation failed (see the server log)"
                     log.exception("background cross-validation of %s failed", method)
 
         return self._start("evaluate", column, kind, tuple(methods), run)
@@ -183,12 +203,14 @@ def split_bar(prediction: MethodPrediction) -> str:
     )
 
 
-def _figures(prediction: MethodPrediction) -> str:
-    return f"_{figures_line(prediction.evaluated)}_"
+def _figures(prediction: MethodPrediction, unavailable: str | None = None) -> str:
+    return f"_{html.escape(figures_line(prediction.evaluated, unavailable))}_"
 
 
-def figures_line(e: dict | None) -> str:
+def figures_line(e: dict | None, unavailable: str | None = None) -> str:
     """ "Cross-validated on this library: AUC …, accuracy … (n=…)", naming a sample if one."""
+    if not e and unavailable:
+        return f"No cross-validated figures on this library: {unavailable}."
     if not e:
         return "Cross-validated figures on this library: evaluating… (in the background)."
     auc = "n/a" if e.get("auc") is None else f"{e['auc']:.3f}"
@@ -210,10 +232,11 @@ def panel_outputs(
     methods: tuple[str, ...] = DEFAULT_METHODS,
     message: str | None = None,
     pending: tuple[str, ...] = (),
+    unavailable: dict[str, str] | None = None,
 ) -> list[str]:
     """Values for [headline, (bar, explanation) per method]; empty with ``message`` when there
     is no answer (no query, a failed query, a text search); ``pending`` methods say they are
-    being fitted."""
+    being fitted; ``unavailable`` names why a method has no cross-validated figures."""
     if result is None:
         return [message or "_No image query: the panel is empty._"] + ["", ""] * len(methods)
     name = html.escape(query_name or "query")
@@ -241,6 +264,7 @@ def panel_outputs(
             "library's own nearest-neighbour scores."
         )
     by_method = {p.method: p for p in result.predictions}
+    why = unavailable or {}
     out = [head]
     for method in methods:
         p = by_method.get(method)
@@ -249,7 +273,7 @@ def panel_outputs(
         elif p.error:
             out += ["", f"<span class='pc-error'>⚠ {html.escape(p.error)}</span>"]
         elif result.abstain:
-            out += ["", f"Abstains. {_figures(p)}"]
+            out += ["", f"Abstains. {_figures(p, why.get(method))}"]
         else:
             flag = (
                 "\n\n**⚠ output equals the library's class prior: this head learnt nothing "
@@ -257,5 +281,6 @@ def panel_outputs(
                 if p.prior_like
                 else ""
             )
-            out += [split_bar(p), f"{html.escape(p.explanation)}{flag}\n\n{_figures(p)}"]
+            figures = _figures(p, why.get(method))
+            out += [split_bar(p), f"{html.escape(p.explanation)}{flag}\n\n{figures}"]
     return out
