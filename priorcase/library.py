@@ -16,6 +16,7 @@ from priorcase.classifiers import make_classifier
 from priorcase.classifiers.calibration import GroupCalibrated
 from priorcase.classifiers.joint_space import JointSpace
 from priorcase.classifiers.labelled import LabelledSet, labelled_set, prompts_for_set
+from priorcase.classifiers.sampling import MAX_EVAL_ROWS, MAX_HEAD_ROWS, capped
 from priorcase.classifiers.text_spaces import FoldSpaces, TextSpaces
 from priorcase.core import Core
 from priorcase.errors import PriorcaseError, QueryError
@@ -110,7 +111,8 @@ class MethodPrediction:
 
     ``prediction_set`` is the split-conformal set at level ``1 - alpha``; ``prior_like`` says
     the probabilities equal the library's class prior (the image told the head nothing);
-    ``evaluated`` holds the method's cross-validated AUC / accuracy / n on this library.
+    ``evaluated`` holds the method's cross-validated AUC / accuracy / n on this library (and
+    ``of``, the library's labelled cases, when those n were a sample of them).
     """
 
     method: str
@@ -236,6 +238,26 @@ class LibraryClassifiers:
         self.spaces = spaces
         self.library_reference = reference
         self._cache = BoundedCache(MAX_CACHED_MODELS)
+        self.fits = 0  # heads fitted or loaded from disk by this process (tests count them)
+        self.fit_rows: dict[tuple[str, str, str], int] = {}  # labelled rows before any sample
+
+    def _key(
+        self, method: str, label: str, kind: str, knn: KnnOptions, alpha: float
+    ) -> tuple[Any, ...]:
+        snapshot = self.core.store.snapshot(kind)
+        knn_key = knn if method in ("knn", "ensemble") else None
+        return (snapshot.version, snapshot.digest, method, label, kind, knn_key, alpha)
+
+    def ready(
+        self,
+        method: str,
+        label: str,
+        kind: str = "image",
+        knn: KnnOptions = DEFAULT_KNN,
+        alpha: float = DEFAULT_ALPHA,
+    ) -> bool:
+        """Whether :meth:`fitted` answers at once (the head is fitted and in memory)."""
+        return self._key(method, label, kind, replace(knn, k=check_k(knn.k)), alpha) in self._cache
 
     def fitted(
         self,
@@ -245,14 +267,18 @@ class LibraryClassifiers:
         knn: KnnOptions = DEFAULT_KNN,
         alpha: float = DEFAULT_ALPHA,
     ) -> tuple[Any, LabelledSet]:
-        snapshot = self.core.store.snapshot(kind)
-        key = (snapshot.version, snapshot.digest, method, label, kind)
-        key += (knn if method in ("knn", "ensemble") else None, alpha)
+        """The head for ``label`` and the rows it was fitted on: every labelled case for kNN,
+        else a stratified, patient-grouped sample of at most about ``MAX_HEAD_ROWS``."""
+        key = self._key(method, label, kind, knn, alpha)
 
         def fit() -> tuple[Any, LabelledSet]:
             if method == "tiles":
                 return _fit_tiles(self.core, label)
             data = labelled_set(self.core.store, label, kind)
+            self.fit_rows[(method, label, kind)] = len(data.y)
+            if method != "knn":  # the vote uses every case; the other fits grow with the rows
+                data = capped(data, MAX_HEAD_ROWS)
+            self.fits += 1
             if method in PERSISTED:
                 return self._load_or_fit(method, kind, data, knn, alpha), data
             return self._fit(method, label, kind, data, knn, alpha), data
@@ -326,6 +352,7 @@ class LibraryClassifiers:
                 continue
             try:
                 model, data = self.fitted(method, label, kind, knn, alpha)
+                total = self.fit_rows.get((method, label, kind), len(data.y))
                 groups = None
                 if exclude_group is not None:
                     salt_free = dict(
@@ -352,6 +379,11 @@ class LibraryClassifiers:
                         prediction.explanation += " (same patient excluded from its kNN vote)"
                 else:
                     prediction.explanation = _explain(method, model, data, query, proba, query_id)
+                if len(data.y) < total:
+                    prediction.explanation += (
+                        f" (fitted on a stratified, patient-grouped sample of {len(data.y)} of "
+                        f"{total} cases)"
+                    )
                 classes = [str(c) for c in model.classes_]
                 prediction.probabilities = {
                     c: float(p) for c, p in zip(classes, proba, strict=True)
@@ -395,10 +427,14 @@ class LibraryClassifiers:
         missing = [m for m in methods if m not in figures]
         if missing:
             evaluation = cross_validate(
-                self, label, missing, kind=kind, n_boot=0, progress=False, nuisance=False
-            )
+                self, label, missing, kind=kind, n_boot=0, progress=False, nuisance=False,
+                max_rows=MAX_EVAL_ROWS,
+            )  # fmt: skip
+            total = int(evaluation.meta.get("sampled_from") or 0)
             for r in evaluation.results:
                 figures[r.method] = {"auc": r.auc, "accuracy": r.accuracy, "n": r.n}
+                if total > r.n:  # a sample: the UI says so beside the figure
+                    figures[r.method]["of"] = total
             file = self._figures_path(label, kind)
             for old in file.siblings():
                 if fnmatch(old.name, f"{kind}-*.json"):

@@ -208,7 +208,7 @@ def test_export_summary(page, room):
     _shot(page, "export-summary")
 
 
-def test_library_map_hover_click_and_box_select(page, room):
+def test_library_map_hover_click_box_lasso_and_keys(page, room):
     url, *_ = room
     _by_id(page, url)
     page.get_by_role("tab", name="Library").click()
@@ -238,6 +238,36 @@ def test_library_map_hover_click_and_box_select(page, room):
     page.get_by_role("tab", name="Search").click()
     caption = page.locator(".pc-pane[data-side='case'] figcaption").inner_text()
     assert target in caption
+    # keyboard: the map is one tab stop, arrow keys move between points, Enter opens one
+    page.get_by_role("tab", name="Library").click()
+    stop = page.locator("#library-map .pc-pt[tabindex='0']")
+    assert stop.count() == 1
+    first = stop.get_attribute("data-id")
+    stop.focus()
+    for key in ("ArrowRight", "ArrowLeft", "ArrowDown", "ArrowUp"):
+        page.keyboard.press(key)
+        moved = page.evaluate("document.activeElement.dataset.id")
+        if moved != first:
+            break
+    assert moved != first and stop.get_attribute("data-id") == moved  # the tab stop moved too
+    _shot(page, "library-map-keyboard-focus")
+    page.keyboard.press("Enter")
+    _wait_status(page, f"Opened case {moved}")
+    # lasso: a polygon round the left half of the map selects the points inside it only
+    page.get_by_role("tab", name="Library").click()
+    page.get_by_role("button", name="Lasso select").click()
+    assert page.get_by_role("button", name="Lasso select").get_attribute("aria-pressed") == "true"
+    xs = [float(points.nth(i).get_attribute("data-x")) for i in range(points.count())]
+    left = sum(x < 380 for x in xs)  # the SVG is 760 wide
+    svg = page.locator("#library-map svg").bounding_box()
+    mid = svg["x"] + svg["width"] / 2
+    page.mouse.move(svg["x"] + 2, svg["y"] + 2)
+    page.mouse.down()
+    for x, y in ((mid, svg["y"] + 2), (mid, svg["y"] + svg["height"] - 2)):
+        page.mouse.move(x, y)
+    page.mouse.move(svg["x"] + 2, svg["y"] + svg["height"] - 2)
+    page.mouse.up()
+    _wait_status(page, f"{left} cases selected on the map")
 
 
 @pytest.mark.parametrize("size", [(1280, 800), (768, 1024)])

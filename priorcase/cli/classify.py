@@ -92,6 +92,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
             e = prediction.evaluated
             auc = "n/a" if e.get("auc") is None else f"{e['auc']:.3f}"
             figures = f"AUC {auc}, accuracy {e['accuracy']:.3f}, n={e['n']}"
+            if e.get("of"):  # a big library is evaluated on a sample
+                figures += f" (a stratified, patient-grouped sample of {e['of']} cases)"
             print(f"  {'':<10} cross-validated on this library: {figures}")
     if result.neighbours:
         print(

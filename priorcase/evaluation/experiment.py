@@ -13,6 +13,7 @@ from priorcase.classifiers import METHODS
 from priorcase.classifiers.binarize import binarize_labels
 from priorcase.classifiers.calibration import GroupCalibrated
 from priorcase.classifiers.labelled import LabelledSet, labelled_set
+from priorcase.classifiers.sampling import capped
 from priorcase.classifiers.text_spaces import FoldSpaces
 from priorcase.classifiers.tiles import TileData, TileMILClassifier, l2_mean
 from priorcase.errors import PriorcaseError, QueryError
@@ -202,13 +203,19 @@ def cross_validate(
     alpha: float = DEFAULT_ALPHA,
     nuisance: bool | None = None,
     case_fusion: bool = False,
+    max_rows: int | None = None,
 ) -> Evaluation:
     """Out-of-fold results for each method (calibrated, with conformal sets and nested operating
     points). Folds are grouped by a salt-free digest of each patient's files (see
     :func:`grouped_folds`). ``nuisance`` (default: for ROI rows) adds the geometry-only
     baseline. ``case_fusion`` adds each film method fused with the patient's other breast
-    (``<method>+contralateral``) and scores every method per case (patient)."""
+    (``<method>+contralateral``) and scores every method per case (patient). ``max_rows``
+    (default: every row) evaluates a stratified, patient-grouped sample of about that many
+    (:func:`~priorcase.classifiers.sampling.grouped_sample`)."""
     data = labelled_set(pc.core.store, label, kind, where, positive)
+    total = len(data.y)
+    if max_rows is not None:
+        data = capped(data, max_rows)
     if len(set(data.y.tolist())) < 2:
         raise QueryError(f"column {label!r} has a single class among the selected rows")
     # everything downstream (inner CV, bootstrap) sees salt-free group names
@@ -217,6 +224,8 @@ def cross_validate(
     spaces = FoldSpaces(pc.spaces, data)
     retrieval = retrieval_metrics(data.X, data.y, groups, exclude_same_group=True)
     evaluation = _new_evaluation(pc, data, "cv", kind, where, n_splits=len(folds), alpha=alpha)
+    if len(data.y) < total:
+        evaluation.meta["sampled_from"] = total
     subgroups = _subgroup_values(pc, data, by or [], kind)
     classes = np.unique(data.y)
     pos, how = positive_class(data, classes)

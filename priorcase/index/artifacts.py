@@ -136,15 +136,25 @@ class BoundedCache(OrderedDict):
         super().__init__()
         self.maxsize = maxsize
         self.lock = threading.RLock()
+        self._making: dict[Any, threading.Lock] = {}
 
     def get_or_make(self, key: Any, make: Callable[[], T]) -> T:
-        """The cached value for ``key``, made once (under the lock) on a miss."""
+        """The cached value for ``key``, made once on a miss; callers of that key wait for it,
+        callers of other keys do not (a long fit in one thread blocks no cached answer)."""
         with self.lock:
             if key in self:
                 self.move_to_end(key)
                 return self[key]
+            making = self._making.setdefault(key, threading.Lock())
+        with making:
+            with self.lock:
+                if key in self:
+                    self.move_to_end(key)
+                    return self[key]
             value = make()
-            self[key] = value
-            while len(self) > self.maxsize:
-                self.popitem(last=False)
+            with self.lock:
+                self[key] = value
+                self._making.pop(key, None)
+                while len(self) > self.maxsize:
+                    self.popitem(last=False)
             return value

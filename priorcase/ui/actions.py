@@ -254,14 +254,16 @@ class Actions:
         column: str,
         kind: str | None = "image",
         exclude_same_patient: bool = True,
+        wait: bool = True,
     ):
-        """Per-method probabilities for ``column`` (kNN leaves the query's patient out)."""
+        """Per-method probabilities for ``column`` (kNN leaves the query's patient out);
+        ``wait=False`` leaves out heads still being fitted (see ``ClassifyPanel.pending``)."""
         kind = self.kind_arg(kind) or "image"
         group = query.group if (exclude_same_patient or query.stored_id) else None
         if query.stored_id and group is None:
             group = query.stored_id
         return self.classifier.classify(
-            query.vector, column, kind, exclude_group=group, query_id=query.stored_id
+            query.vector, column, kind, exclude_group=group, query_id=query.stored_id, wait=wait
         )
 
     def library_map(self, column: str | None, kind: str | None, query: Query | None) -> str:

@@ -51,6 +51,7 @@ CONCURRENCY_LIMIT = 4
 DELETE_CACHE = (300, 300)  # every 5 minutes, delete Gradio's files older than 5 minutes
 MAX_ID_CHOICES = 5000
 MAX_PAGE = 50  # results per page; "next page" goes beyond
+REFRESH_S = 2.0  # how often the classification panel looks for heads fitted in the background
 CSS = (
     VIEWER_CSS
     + """
@@ -73,6 +74,11 @@ CSS = (
   outline-offset: 2px; }
 .pc-map svg { width: 100%; height: auto; background: #161616; cursor: crosshair; }
 .pc-map .pc-pt { cursor: pointer; }
+.pc-map .pc-pt:focus { stroke: #ffd84d; stroke-width: 3; }
+.pc-modes { display: flex; gap: 6px; margin-bottom: 4px; }
+.pc-mode { background: #2a2a2a; color: #eee; border: 1px solid #777; border-radius: 4px;
+  padding: 2px 8px; cursor: pointer; }
+.pc-mode[aria-pressed="true"] { background: #2d4f7c; border-color: #9cc3ff; }
 .pc-legend { display: flex; flex-wrap: wrap; gap: 4px 14px; list-style: none; padding: 0; }
 .gradio-container { max-width: 100% !important; }
 .pc-method h4 { margin-bottom: 0.2rem; }
@@ -101,29 +107,72 @@ ACTIONS_JS = r"""
     else if (t.classList.contains('pc-search-with')) send('search', t.dataset.id);
     else if (!window.pcDragged) send('open-id', t.dataset.id);
   });
+  // map selection: a dragged box, or a lasso (the tool buttons above the map choose)
+  document.addEventListener('click', e => {
+    const b = e.target.closest && e.target.closest('.pc-mode'); if (!b) return;
+    b.parentElement.querySelectorAll('.pc-mode')
+      .forEach(m => m.setAttribute('aria-pressed', String(m === b)));
+  });
   let start = null;
   const pt = (svg, e) => { const p = svg.createSVGPoint(); p.x = e.clientX; p.y = e.clientY;
     return p.matrixTransform(svg.getScreenCTM().inverse()); };
+  const toolOf = svg => { const b = svg.closest('.pc-map').querySelector(
+    '.pc-mode[aria-pressed="true"]'); return b ? b.dataset.mode : 'box'; };
+  const inside = (x, y, poly) => { let c = false;  // ray casting
+    for (let i = 0, j = poly.length - 1; i < poly.length; j = i++) {
+      const [xi, yi] = poly[i], [xj, yj] = poly[j];
+      if ((yi > y) !== (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi) c = !c; }
+    return c; };
   document.addEventListener('mousedown', e => {
     const svg = e.target.closest && e.target.closest('.pc-map svg'); if (!svg) return;
-    start = {svg, p: pt(svg, e)}; window.pcDragged = false;
+    const p = pt(svg, e);
+    start = {svg, p, tool: toolOf(svg), path: [[p.x, p.y]]}; window.pcDragged = false;
   });
   document.addEventListener('mousemove', e => { if (!start) return;
-    const q = pt(start.svg, e), r = start.svg.querySelector('.pc-sel');
+    const q = pt(start.svg, e);
+    if (start.tool === 'lasso') {
+      start.path.push([q.x, q.y]);
+      const xs = start.path.map(p => p[0]), ys = start.path.map(p => p[1]);
+      if (Math.max(...xs) - Math.min(...xs) + Math.max(...ys) - Math.min(...ys) > 6)
+        window.pcDragged = true;
+      start.svg.querySelector('.pc-lasso').setAttribute('points', start.path.join(' '));
+      return;
+    }
+    const r = start.svg.querySelector('.pc-sel');
     const x = Math.min(q.x, start.p.x), y = Math.min(q.y, start.p.y);
     const w = Math.abs(q.x - start.p.x), h = Math.abs(q.y - start.p.y);
     if (w + h > 6) window.pcDragged = true;
     Object.entries({x, y, width: w, height: h}).forEach(([k, v]) => r.setAttribute(k, v));
   });
   document.addEventListener('mouseup', () => { if (!start) return;
-    const r = start.svg.querySelector('.pc-sel'), b = r.getBBox(); const svg = start.svg;
-    start = null; if (!window.pcDragged) return;
-    const ids = [...svg.querySelectorAll('.pc-pt')].filter(p => { const c = p.getBBox();
-      const x = c.x + c.width / 2, y = c.y + c.height / 2;
-      return x >= b.x && x <= b.x + b.width && y >= b.y && y <= b.y + b.height; })
-      .map(p => p.dataset.id);
+    const {svg, tool, path} = start; start = null; if (!window.pcDragged) return;
+    const b = svg.querySelector('.pc-sel').getBBox();
+    const picked = tool === 'lasso'
+      ? p => inside(+p.dataset.x, +p.dataset.y, path)
+      : p => { const x = +p.dataset.x, y = +p.dataset.y;
+        return x >= b.x && x <= b.x + b.width && y >= b.y && y <= b.y + b.height; };
+    const ids = [...svg.querySelectorAll('.pc-pt')].filter(picked).map(p => p.dataset.id);
     send('select', ids.join(','));
     setTimeout(() => { window.pcDragged = false; }, 0);
+  });
+  // keyboard: the map is one tab stop; arrows move to the nearest point that way, Enter opens
+  document.addEventListener('keydown', e => {
+    const t = e.target.closest && e.target.closest('.pc-map .pc-pt'); if (!t) return;
+    if (e.key === 'Enter' || e.key === ' ') {
+      e.preventDefault(); e.stopPropagation(); send('open-id', t.dataset.id); return; }
+    const dir = {ArrowRight: [1, 0], ArrowLeft: [-1, 0], ArrowDown: [0, 1],
+      ArrowUp: [0, -1]}[e.key];
+    if (!dir) return;
+    e.preventDefault();
+    const x0 = +t.dataset.x, y0 = +t.dataset.y; let best = null, score = Infinity;
+    t.ownerSVGElement.querySelectorAll('.pc-pt').forEach(p => {
+      const dx = +p.dataset.x - x0, dy = +p.dataset.y - y0;
+      const along = dx * dir[0] + dy * dir[1], across = Math.abs(dx * dir[1] - dy * dir[0]);
+      if (p === t || along <= 0) return;
+      if (along + 2 * across < score) { score = along + 2 * across; best = p; }
+    });
+    if (!best) return;
+    t.setAttribute('tabindex', '-1'); best.setAttribute('tabindex', '0'); best.focus();
   });
   window.pcActions = send;
 }
@@ -313,6 +362,8 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                         elem_id="class-column",
                     )
                     classify_button = gr.Button("Classify current query", elem_id="classify")
+                # while heads are fitted or evaluated in the background, the panel refreshes
+                refresh = gr.Timer(REFRESH_S, active=False)
                 method_outputs: list[Any] = [
                     gr.Markdown(
                         "_No image query: the panel is empty._", elem_id="classify-headline"
@@ -511,17 +562,27 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
             return [gr.update()] * len(query_outputs)
 
         def on_classify(query, column_, kind_, exclude_):
+            """The panel at once: heads not yet fitted say so, and the timer polls for them."""
+            idle = gr.Timer(active=False)
             if query is None:
                 message = "_No image query: the panel is empty._"
-                return [*panel_outputs(None, None, message=message), None]
+                return [*panel_outputs(None, None, message=message), None, idle]
             if not column_:
                 message = "_This library has no label with two or more classes._"
-                return [*panel_outputs(None, None, message=message), None]
+                return [*panel_outputs(None, None, message=message), None, idle]
             try:
-                result = actions.classify(query, column_, kind_, exclude_)
+                result = actions.classify(query, column_, kind_, exclude_, wait=False)
             except Exception as err:
-                return [*panel_outputs(None, None, message=_error(_message(err))), None]
-            return [*panel_outputs(result, query.name), result]
+                return [*panel_outputs(None, None, message=_error(_message(err))), None, idle]
+            kind_arg = actions.kind_arg(kind_) or "image"
+            pending = actions.classifier.pending(column_, kind_arg)
+            waiting = bool(pending) or (
+                any(p.evaluated is None for p in result.predictions)
+                and actions.classifier.busy(column_, kind_arg)
+            )
+            why = actions.classifier.unavailable(column_, kind_arg)
+            out = panel_outputs(result, query.name, pending=pending, unavailable=why)
+            return [*out, result, gr.Timer(active=waiting)]
 
         def on_map(column_, kind_, query):
             try:
@@ -564,7 +625,7 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
             page_info, export_files,
         ]  # fmt: skip
         classify_inputs = [query_state, column, kind, exclude]
-        classify_outputs = [*method_outputs, classify_state]
+        classify_outputs = [*method_outputs, classify_state, refresh]
         map_inputs = [colour, map_kind, query_state]
         region_outputs = [region.state, region.canvas, region.box_text]
 
@@ -601,6 +662,7 @@ def build_app(pc: PriorCase, warm_up: bool = False) -> gr.Blocks:
                      [export_files, status])  # fmt: skip
         kind.change(on_kind, kind, filters)
         classify_button.click(on_classify, classify_inputs, classify_outputs)
+        refresh.tick(on_classify, classify_inputs, classify_outputs, show_progress="hidden")
         column.change(on_classify, classify_inputs, classify_outputs)
         colour.change(on_map, map_inputs, plot)
         map_kind.change(on_map, map_inputs, plot)

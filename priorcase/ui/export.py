@@ -78,8 +78,13 @@ def summary_html(
             probs = ", ".join(f"{html.escape(c)} {v:.0%}" for c, v in p.probabilities.items())
             e = p.evaluated or {}
             auc = "n/a" if e.get("auc") is None else f"{e['auc']:.3f}"
+            sample = (
+                f", a stratified, patient-grouped sample of the library's {e['of']} cases"
+                if e.get("of")
+                else ""
+            )
             acc = (
-                f"cross-validated accuracy {e['accuracy']:.3f}, AUC {auc} (n={e['n']})"
+                f"cross-validated accuracy {e['accuracy']:.3f}, AUC {auc} (n={e['n']}{sample})"
                 if e
                 else "accuracy on this library not yet evaluated"
             )

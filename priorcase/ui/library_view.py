@@ -1,5 +1,5 @@
 """Library tab: what is in the index (counts per label, encoder, dates) and an interactive
-2-D PCA map (SVG: hover, click, box selection)."""
+2-D PCA map (SVG: hover, click, box or lasso selection, arrow keys and Enter)."""
 
 from __future__ import annotations
 
@@ -113,8 +113,10 @@ def map_svg(
     size: tuple[int, int] = (760, 520),
 ) -> str:
     """The PCA map as interactive SVG: hover names a point (id and labels), a click opens the
-    case, a dragged box selects cases (see the page's map script). Image, ROI and tile rows
-    are circles, squares and triangles; labels are coloured and named in the legend."""
+    case, a dragged box or lasso selects cases (see the page's map script). From the keyboard
+    the map is one tab stop: arrow keys move to the nearest point that way, Enter opens it.
+    Image, ROI and tile rows are circles, squares and triangles; labels are coloured and named
+    in the legend."""
     import html
 
     from priorcase.index.vocabulary import expand
@@ -142,13 +144,18 @@ def map_svg(
 
     r = 3.0 if len(coords) > 2000 else 5.0
     points = []
-    for case_id, p, value in zip(ids.tolist(), coords, labels, strict=True):
+    for n, (case_id, p, value) in enumerate(zip(ids.tolist(), coords, labels, strict=True)):
         x, y = place(p)
         row_kind = kinds.get(case_id, "image")
         fill = colour.get(value, "#9a9a9a")
         words = expand(vocabulary, column or "", value) if value != UNLABELLED else value
         title = html.escape(f"{case_id} · {row_kind} · {column}: {words}")
-        attrs = f"class='pc-pt' data-id='{html.escape(case_id)}' fill='{fill}' stroke='#111'"
+        # one tab stop for the whole map (a roving tabindex): arrow keys move between points
+        attrs = (
+            f"class='pc-pt' data-id='{html.escape(case_id)}' data-x='{x:.1f}' data-y='{y:.1f}' "
+            f"fill='{fill}' stroke='#111' role='button' tabindex='{0 if n == 0 else -1}' "
+            f"aria-label='{title}'"
+        )
         inner = f"<title>{title}</title>"
         points.append(_marker(_SHAPES.get(row_kind, "circle"), x, y, r, attrs, inner))
     star = ""
@@ -168,13 +175,23 @@ def map_svg(
     )
     shapes = "● whole image · ■ region of interest · ▲ tile · ★ current query"
     ratio = pca.explained_variance_ratio_
+    modes = "".join(
+        f"<button type='button' class='pc-mode' data-mode='{mode}' "
+        f"aria-pressed='{'true' if mode == 'box' else 'false'}'>{words}</button>"
+        for mode, words in (("box", "▭ Box select"), ("lasso", "◌ Lasso select"))
+    )
     return (
-        f"<div class='pc-map'><svg viewBox='0 0 {width} {height}' role='img' "
-        f"aria-label='map of {len(coords)} cases by {html.escape(str(column))}'>"
+        f"<div class='pc-map'><div class='pc-modes' role='group' aria-label='selection tool'>"
+        f"{modes}</div><svg viewBox='0 0 {width} {height}' role='group' "
+        f"aria-label='map of {len(coords)} cases by {html.escape(str(column))}: arrow keys "
+        "move between cases, Enter opens one'>"
         f"<rect x='0' y='0' width='{width}' height='{height}' fill='#161616'/>"
         f"{''.join(points)}{star}<rect class='pc-sel' x='0' y='0' width='0' height='0' "
-        "fill='rgba(255,216,77,.15)' stroke='#ffd84d' stroke-dasharray='4 3'/></svg>"
+        "fill='rgba(255,216,77,.15)' stroke='#ffd84d' stroke-dasharray='4 3'/>"
+        "<polygon class='pc-lasso' points='' fill='rgba(255,216,77,.15)' stroke='#ffd84d' "
+        "stroke-dasharray='4 3'/></svg>"
         f"<p class='pc-map-note'>{shapes}. PC 1 {ratio[0]:.0%}, PC 2 {ratio[1]:.0%} of variance. "
-        "Hover a point for its id and labels, click it to open the case, drag a box to show "
-        f"those cases in the results.</p><ul class='pc-legend'>{legend}</ul></div>"
+        "Hover a point for its id and labels, click it to open the case, drag a box (or draw "
+        "a lasso) to show those cases in the results. Keyboard: Tab to the map, arrow keys "
+        f"to move between cases, Enter to open one.</p><ul class='pc-legend'>{legend}</ul></div>"
     )
