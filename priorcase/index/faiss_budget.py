@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -185,6 +186,7 @@ class BudgetIndex:
             # vectors stay in the file, mapped (4.7x faster open for HNSW at 20k rows);
             # a later save replaces the file by rename, so a mapped index stays valid
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+            _read_ahead(path)
         except (OSError, RuntimeError, ValueError):
             return None
         plan = FaissPlan(**info["plan"])
@@ -324,3 +326,20 @@ def _to_gpu(index: faiss.Index) -> faiss.Index:
     if not gpu_faiss_available() or isinstance(index, faiss.IndexHNSW):
         return index
     return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+
+
+def _read_ahead(path: Path) -> None:
+    """Read a mapped index once, sequentially, on a background thread, so its pages are in
+    the page cache: from a cold cache each early query otherwise waits on random disk reads
+    (200k rows: 134 ms p50 over the first 50 queries, 3.7 ms warm; a sequential read of the
+    464 MB file takes 0.4 s). ``posix_fadvise(WILLNEED)`` alone did not warm it here."""
+
+    def read() -> None:
+        try:
+            with open(path, "rb", buffering=0) as fh:
+                while fh.read(16 << 20):
+                    pass
+        except OSError:
+            pass  # only a warm-up: the mapped index reads the file itself
+
+    threading.Thread(target=read, name="priorcase-faiss-read-ahead", daemon=True).start()

@@ -84,6 +84,7 @@ class Columns:
     kind_codes: dict[str, int]
     hit_rows: pa.Table  # what a SearchHit shows but its thumbnail, row i at position i
     vectors: np.ndarray | None = None
+    exact: VectorIndex | None = None  # over ``vectors``, normalised once (not per query)
 
 
 @dataclass(frozen=True)
@@ -329,6 +330,8 @@ class ScaledSearcher:
             cols.vectors = np.asarray(
                 column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32
             ).reshape(arrow.num_rows, -1)
+            cols.exact = VectorIndex(cols.vectors, "exact")
+            cols.vectors = cols.exact.vectors  # its normalised copy: one matrix in memory
         return cols
 
     def faiss_index(self, cols: Columns) -> BudgetIndex:
@@ -367,8 +370,8 @@ class ScaledSearcher:
                 mask = np.ones(len(cols.rowids), bool) if mask is None else mask.copy()
                 mask[excluded] = False
         if backend == "exact":
-            assert cols.vectors is not None
-            found = VectorIndex(cols.vectors, "exact").search(vectors, k, allowed=mask)
+            assert cols.exact is not None
+            found = cols.exact.search(vectors, k, allowed=mask)
         else:
             found = self.faiss_index(cols).search(vectors, k, allowed=mask)
         return self._hits(cols, found)
