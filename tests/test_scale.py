@@ -222,3 +222,15 @@ def test_scaled_hits_carry_thumbnails_of_an_ingested_library(
     for v, hits in zip(vectors, got, strict=True):
         assert all(h.thumbnail for h in hits)
         assert [_shown(h) for h in hits] == [_shown(h) for h in reference.search(v, 3)]
+
+
+def test_a_pinned_version_stays_pinned_through_snapshots_and_search(tmp_path: Path) -> None:
+    """``--as-of``: reading a snapshot (reference scores, kNN heads) must not move the table
+    to the latest version, or later answers come from rows the pinned version never had."""
+    store, _ = write_library(tmp_path / "db", clustered(60, 32, 0), ENCODER, chunk=30)
+    assert store.version == 2
+    pc = priorcase.open(tmp_path / "db")
+    pc.as_of(1)
+    assert len(pc.store.snapshot(None).ids) == 30 and pc.store.version == 1
+    hits = pc.searcher.search(clustered(1, 32, 1)[0], 60)
+    assert len(hits) == 30 and pc.store.version == 1

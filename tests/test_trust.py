@@ -4,6 +4,7 @@ points, the explicit positive class, fair normal ROIs and the "no close referenc
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,15 @@ def monkeypatch_module():
         yield mp
 
 
+def _use_salt(db: Path) -> None:
+    """Each twin library answers only to its own salt (a query with another is refused); the
+    module's monkeypatch restores the variable after the module."""
+    os.environ["PRIORCASE_SALT"] = db.name.removeprefix("db-")
+
+
 def _json(capsys, args: list[str]) -> dict:
+    if "--db" in args:
+        _use_salt(Path(args[args.index("--db") + 1]))
     assert main(args) == 0
     return json.loads(capsys.readouterr().out)
 
@@ -202,6 +211,7 @@ def test_unlike_queries_abstain_and_search_says_so(twin_indexes, capsys, tmp_pat
 @pytest.mark.slow
 def test_search_as_of_answers_from_an_earlier_version(twin_indexes, capsys, tmp_path) -> None:
     db = twin_indexes[1]
+    _use_salt(db)
     pc = priorcase.open(db)
     before = pc.store.version
     extra = tmp_path / "late"

@@ -256,7 +256,8 @@ class LanceAnn:
             builder = builder.ef(max(self.plan.ef, k)).refine_factor(1)
         if predicate:
             builder = builder.where(predicate, prefilter=True)
-        return builder.select(["id"])
+        # "_distance" named: lance warns on every query that selects columns without it
+        return builder.select(["id", "_distance"])
 
     def count(self, predicate: str) -> int:
         """Rows a predicate keeps (cached per table version; scalar indexes answer it)."""

@@ -379,7 +379,8 @@ class CaseStore:
                 if key in self._snapshots:
                     return self._snapshots[key]
                 snapshot = _read_snapshot(table, key[0], kind)
-                table.checkout_latest()
+                if self._pinned is None:  # a pinned (--as-of) table stays on its version
+                    table.checkout_latest()
                 if int(table.version) == key[0]:
                     self._snapshots = {
                         key: snapshot,
