@@ -359,7 +359,7 @@ def holdout(
             model, proba, classes_ = _holdout_tiles(tile_data, library, query_tile_vectors)
         elif method == TILE_MEAN:
             assert tile_data is not None
-            films = library.subset(np.flatnonzero([str(i) in tile_data.tiles for i in library.ids]))
+            films = _with_tiles(library, tile_data)
             model = build_classifier("logreg", films, None, knn, alpha=alpha)
             X_lib = tile_data.mean_vectors(films.ids)
             proba, classes_ = holdout_proba(
@@ -409,12 +409,17 @@ def _tile_data(pc: Library, kind: str, data: LabelledSet, binary: bool) -> TileD
     return TileData.from_library(pc.core)
 
 
+def _with_tiles(library: LabelledSet, tiles: TileData) -> LabelledSet:
+    """The library's films that have tiles (the tile heads are fitted on those only)."""
+    return library.subset(np.flatnonzero([str(i) in tiles.tiles for i in library.ids]))
+
+
 def _holdout_tiles(
     tiles: TileData, library: LabelledSet, query_tiles: list[np.ndarray]
 ) -> tuple[TileMILClassifier, np.ndarray, np.ndarray]:
     """The tile head fitted on the library's films with tiles, scoring each query film's
     tiles (cut as the library's were): (model, proba, classes)."""
-    films = library.subset(np.flatnonzero([str(i) in tiles.tiles for i in library.ids]))
+    films = _with_tiles(library, tiles)
     prefix = "query:"
     while any(str(k).startswith(prefix) for k in tiles.tiles):  # never a stored film's id
         prefix = "_" + prefix

@@ -83,8 +83,7 @@ class Columns:
     kinds: np.ndarray  # int32 code per row
     kind_codes: dict[str, int]
     hit_rows: pa.Table  # what a SearchHit shows but its thumbnail, row i at position i
-    vectors: np.ndarray | None = None
-    exact: VectorIndex | None = None  # over ``vectors``, normalised once (not per query)
+    exact: VectorIndex | None = None  # the vectors, normalised once (not per query)
 
 
 @dataclass(frozen=True)
@@ -318,20 +317,20 @@ class ScaledSearcher:
 
     # ------------------------------------------------------------------ exact / FAISS
     def columns(self, with_vectors: bool) -> Columns:
-        """Row ids, group and kind codes (and vectors) of the current version, cached."""
+        """Row ids, group and kind codes, hit columns (and the exact index over the vectors)
+        of the current version, cached."""
         key = self.content_key()
         if self._columns is None or self._columns.key != key:
             self._columns = _read_columns(self._table(), key, self.state().names)
             self._masks.clear()
         cols = self._columns
-        if with_vectors and cols.vectors is None:
+        if with_vectors and cols.exact is None:
             arrow = self._table().search().select(["vector"]).limit(None).to_arrow()
             column = arrow.column("vector").combine_chunks()
-            cols.vectors = np.asarray(
+            vectors = np.asarray(
                 column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32
             ).reshape(arrow.num_rows, -1)
-            cols.exact = VectorIndex(cols.vectors, "exact")
-            cols.vectors = cols.exact.vectors  # its normalised copy: one matrix in memory
+            cols.exact = VectorIndex(vectors, "exact")
         return cols
 
     def faiss_index(self, cols: Columns) -> BudgetIndex:
@@ -343,10 +342,10 @@ class ScaledSearcher:
         cached = file.fetch() and meta.fetch()
         index = BudgetIndex.load(file.local, self.use_gpu) if cached else None
         if index is None or index.index.ntotal != len(cols.rowids):
-            vectors = self.columns(with_vectors=True).vectors
-            assert vectors is not None
+            exact = self.columns(with_vectors=True).exact
+            assert exact is not None
             index = BudgetIndex.build(
-                vectors, self.memory_budget_mb, self.target_recall, self.use_gpu
+                exact.vectors, self.memory_budget_mb, self.target_recall, self.use_gpu
             )
             index.save(file.local)
             file.upload()
